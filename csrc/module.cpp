@@ -1,0 +1,27 @@
+// pybind11 module wscswap_fast._C: the raw kernel entry points. Users call wscswap_fast.ops.
+#include <torch/extension.h>
+
+namespace wsc_binding {
+void blend_forward(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, bool, int64_t);
+void blend_backward(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                    const at::Tensor&, const at::Tensor&, bool, int64_t);
+void paste_faces(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                 const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t, int64_t, int64_t);
+void feather_masks(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t, int64_t);
+}  // namespace wsc_binding
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "wscswap_fast fused kernels (CPU always; CUDA when built with it)";
+#ifdef WSC_WITH_CUDA
+  m.attr("with_cuda") = true;
+#else
+  m.attr("with_cuda") = false;
+#endif
+  m.def("blend_forward", &wsc_binding::blend_forward, "face, background, mask, out, channels_last, stream");
+  m.def("blend_backward", &wsc_binding::blend_backward,
+        "grad, face, background, mask, grad_face, grad_background, grad_mask, channels_last, stream");
+  m.def("paste_faces", &wsc_binding::paste_faces,
+        "frames (in place), crops, masks, affines, face_boxes, faces_by_frame, frame_offsets, frame_boxes, "
+        "max_rows, max_cols, stream");
+  m.def("feather_masks", &wsc_binding::feather_masks, "masks, out, scratch, kernel, feather, stream");
+}

@@ -1,0 +1,6 @@
+"""The fused ops. Each takes ``backend=`` ('auto', 'cuda', 'triton', 'cpu', 'reference')."""
+from ._backends import BACKENDS, BackendUnavailable, available
+from .blend import blend
+from .paste_faces import paste_faces
+
+__all__ = ["BACKENDS", "BackendUnavailable", "available", "blend", "paste_faces"]
