@@ -68,20 +68,22 @@ def requested_backend(backend: str) -> str:
     return backend
 
 
-def _serve_reason(backend: str, device: torch.device, dtypes, supported) -> str | None:
+def _serve_reasons(backend: str, device: torch.device, dtypes, supported) -> list:
+    """Every reason a backend cannot serve a call; empty when it can."""
+    reasons = []
     why = _unavailable_reason(backend)
     if why:
-        return why
+        reasons.append(why)
     devices = {"cuda": ("cuda",), "cpu": ("cpu",), "reference": ("cpu", "cuda"),
                "triton": ("cuda", "cpu") if triton_interpret() else ("cuda",)}[backend]
     if device.type not in devices:
         hint = " (set TRITON_INTERPRET=1 to interpret Triton kernels on the CPU)" if backend == "triton" else ""
-        return f"inputs are on {device.type}, which it does not serve{hint}"
+        reasons.append(f"inputs are on {device.type}, which it does not serve{hint}")
     ok = supported.get(backend, supported.get("*"))
     for name, dt in dtypes.items():
         if dt not in ok:
-            return f"{name} dtype {dt} is not supported (supported: {', '.join(str(d) for d in ok)})"
-    return None
+            reasons.append(f"{name} dtype {dt} is not supported (supported: {', '.join(str(d) for d in ok)})")
+    return reasons
 
 
 def resolve(op: str, backend: str, device: torch.device, dtypes: dict, supported: dict) -> str:
@@ -92,16 +94,16 @@ def resolve(op: str, backend: str, device: torch.device, dtypes: dict, supported
     """
     backend = requested_backend(backend)
     if backend != "auto":
-        why = _serve_reason(backend, device, dtypes, supported)
+        why = _serve_reasons(backend, device, dtypes, supported)
         if why:
-            raise BackendUnavailable(f"{op}: backend {backend!r} cannot serve this call: {why}")
+            raise BackendUnavailable(f"{op}: backend {backend!r} cannot serve this call: " + "; ".join(why))
         return backend
     reasons = []
     for candidate in AUTO_ORDER.get(device.type, ("reference",)):
-        why = _serve_reason(candidate, device, dtypes, supported)
-        if why is None:
+        why = _serve_reasons(candidate, device, dtypes, supported)
+        if not why:
             return candidate
-        reasons.append(f"{candidate}: {why}")
+        reasons.append(f"{candidate}: " + ", ".join(why))
     raise BackendUnavailable(f"{op}: no backend can serve this call: " + "; ".join(reasons))
 
 

@@ -1,0 +1,17 @@
+import os
+
+import pytest
+import torch
+
+# Triton kernels run on the CPU through the interpreter; it must be on before triton is imported.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from .backends import SHARED_DATA  # noqa: E402
+
+
+@pytest.fixture
+def shared_data():
+    if not os.path.isdir(SHARED_DATA):
+        pytest.skip("../shared/data is not beside this checkout")
+    return SHARED_DATA
