@@ -25,5 +25,5 @@ def shape(name: str, t: torch.Tensor, expected: tuple, meaning: str) -> None:
     """expected holds ints, or None for 'any size'."""
     ok = t.dim() == len(expected) and all(e is None or e == s for e, s in zip(expected, t.shape))
     if not ok:
-        want = "(" + ", ".join("*" if e is None else str(e) for e in expected) + ")"
+        want = str(tuple("*" if e is None else e for e in expected)).replace("'", "")
         raise ValueError(f"{name} must have shape {want} {meaning}, got {describe(t)}")

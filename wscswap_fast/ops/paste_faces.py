@@ -27,12 +27,13 @@ MASK_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 AFFINE_DTYPES = (torch.float32, torch.float64)
 SUPPORTED = {"*": CROP_DTYPES}
 
-# OpenCV's getGaussianKernel(ksize, sigma<=0) uses these fixed tables for ksize <= 7.
+# OpenCV's getGaussianKernel(ksize, sigma<=0) uses these fixed tables for ksize <= 9.
 _SMALL_GAUSSIAN = {
     1: [1.0],
     3: [0.25, 0.5, 0.25],
     5: [0.0625, 0.25, 0.375, 0.25, 0.0625],
     7: [0.03125, 0.109375, 0.21875, 0.28125, 0.21875, 0.109375, 0.03125],
+    9: [1 / 64, 3.25 / 64, 7.5 / 64, 12.75 / 64, 15 / 64, 12.75 / 64, 7.5 / 64, 3.25 / 64, 1 / 64],
 }
 
 
