@@ -7,6 +7,9 @@
 namespace wsc {
 namespace {
 constexpr int64_t kBlock = 2048;  // pixels per task: 8 KB of fp32 accumulator, fits L1
+// Below this many elements a parallel region costs more than it saves (and stalls when the
+// other core is busy), so small calls run on the calling thread.
+constexpr int64_t kParallelMin = 1 << 16;
 }
 
 template <typename T>
@@ -14,7 +17,7 @@ void blend_forward_cpu(const T* face, const T* bg, const T* mask, T* out,
                        int64_t N, int64_t C, int64_t HW, bool channels_last) {
   using A = typename acc_type<T>::type;
   const int64_t blocks = (HW + kBlock - 1) / kBlock;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (N * C * HW >= kParallelMin)
   for (int64_t task = 0; task < N * blocks; ++task) {
     const int64_t n = task / blocks;
     const int64_t p0 = (task % blocks) * kBlock;
@@ -48,7 +51,7 @@ void blend_backward_cpu(const T* grad, const T* face, const T* bg, const T* mask
                         int64_t N, int64_t C, int64_t HW, bool channels_last) {
   using A = typename acc_type<T>::type;
   const int64_t blocks = (HW + kBlock - 1) / kBlock;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (N * C * HW >= kParallelMin)
   for (int64_t task = 0; task < N * blocks; ++task) {
     const int64_t n = task / blocks;
     const int64_t p0 = (task % blocks) * kBlock;

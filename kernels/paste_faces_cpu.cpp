@@ -17,7 +17,8 @@ void paste_faces_cpu(uint8_t* frames, int64_t B, int64_t H, int64_t W,
   for (int64_t b = 0; b < B; ++b)
     row_start[b + 1] = row_start[b] + (frame_boxes[4 * b + 3] - frame_boxes[4 * b + 1]);
   const int64_t tasks = row_start[B];
-#pragma omp parallel for schedule(static)
+  // Small pastes stay on the calling thread: a parallel region costs more than it saves.
+#pragma omp parallel for schedule(static) if (tasks * W >= (1 << 14))
   for (int64_t t = 0; t < tasks; ++t) {
     int64_t b = 0;
     while (row_start[b + 1] <= t) ++b;
@@ -41,7 +42,7 @@ void feather_masks_cpu(const float* masks, float* out, float* scratch, int64_t K
   const int64_t lines = K * S;  // a line is a row (stride 1) or a column (stride S) of one mask
   // Each pass reads `src` and writes `dst`; rows: line l = (k, y), columns: line l = (k, x).
   auto pass = [&](const float* src, float* dst, bool columns, bool blur) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (K * S * S * (feather + 1) >= (1 << 16))
     for (int64_t l = 0; l < lines; ++l) {
       const int64_t k = l / S, r = l % S;
       const int64_t start = k * S * S + (columns ? r : r * S);
