@@ -26,33 +26,17 @@ namespace {
 
 constexpr int kThreads = 256;
 
-// V elements moved as one memory transaction of sizeof(T)*V bytes (16 for the packed paths).
-// Loads and stores go through a built-in vector type of that size: copying the struct itself
-// lets the compiler split the stores of an unrolled channel loop into scalar ones.
+// V elements moved as one 16-byte (V*sizeof(T) bytes) memory transaction. The channel loops
+// below stay rolled (#pragma unroll 1): nvcc 13 splits the packed stores of unrolled copies
+// into scalar ones, and the loop has enough independent loads across threads to hide latency.
 template <typename T, int V>
 struct alignas(sizeof(T) * V) Pack {
   T v[V];
 };
-template <int Bytes> struct RawBits;
-template <> struct RawBits<16> { using type = uint4; };
-template <> struct RawBits<4> { using type = uint32_t; };
-template <> struct RawBits<2> { using type = uint16_t; };
-
 template <int V, typename T>
-__device__ __forceinline__ Pack<T, V> load_pack(const T* p) {
-  using Raw = typename RawBits<sizeof(T) * V>::type;
-  const Raw bits = *reinterpret_cast<const Raw*>(p);
-  Pack<T, V> x;
-  memcpy(&x, &bits, sizeof(x));
-  return x;
-}
+__device__ __forceinline__ Pack<T, V> load_pack(const T* p) { return *reinterpret_cast<const Pack<T, V>*>(p); }
 template <int V, typename T>
-__device__ __forceinline__ void store_pack(T* p, const Pack<T, V>& x) {
-  using Raw = typename RawBits<sizeof(T) * V>::type;
-  Raw bits;
-  memcpy(&bits, &x, sizeof(x));
-  *reinterpret_cast<Raw*>(p) = bits;
-}
+__device__ __forceinline__ void store_pack(T* p, const Pack<T, V>& x) { *reinterpret_cast<Pack<T, V>*>(p) = x; }
 
 __device__ __forceinline__ int64_t global_thread() {
   return static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
