@@ -9,11 +9,14 @@ import torch
 def _device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda"):
+        raise SystemExit(f"wscswap bench: --device must be cpu, cuda or auto, got {name!r}")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("wscswap bench: --device cuda was asked for, but torch sees no CUDA GPU")
-    if dev.type not in ("cpu", "cuda"):
-        raise SystemExit(f"wscswap bench: --device must be cpu, cuda or auto, got {name!r}")
     return dev
 
 
