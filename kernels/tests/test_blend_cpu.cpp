@@ -107,9 +107,10 @@ void check_case(std::mt19937& rng, int64_t N, int64_t C, int64_t H, int64_t W, b
 template <typename T>
 void check_type(std::mt19937& rng) {
   struct Shape { int64_t N, C, H, W; };
-  // 1x1 images, single channels, primes, and 3*1367 = 4101 pixels (two 2048-pixel blocks + 5).
+  // 1x1 images, single channels, primes, 3*1367 = 4101 pixels (two 2048-pixel blocks + 5), and
+  // one shape above the size where the CPU loops go multi-threaded.
   const Shape shapes[] = {{1, 1, 1, 1}, {1, 3, 1, 1}, {2, 1, 5, 3}, {3, 3, 7, 13}, {1, 5, 37, 23},
-                          {2, 4, 16, 16}, {2, 3, 3, 1367}, {1, 2, 64, 65}};
+                          {2, 4, 16, 16}, {2, 3, 3, 1367}, {1, 2, 64, 65}, {2, 3, 97, 131}};
   for (const Shape& s : shapes)
     for (const bool channels_last : {false, true}) check_case<T>(rng, s.N, s.C, s.H, s.W, channels_last);
 }

@@ -215,8 +215,10 @@ int main() {
   check_paste<float>(rng, 3, 40, 29, 7, 12);
   check_paste<half_t>(rng, 1, 17, 45, 4, 9);
   check_paste<bf16_t>(rng, 2, 32, 32, 6, 20);
+  check_paste<uint8_t>(rng, 2, 96, 128, 6, 40);  // large enough for the multi-threaded CPU path
   for (const int S : {1, 2, 9, 16})
     for (const int feather : {1, 2, 3, 4, 7})
       if (feather < S || S == 1) check_feather(rng, 3, S, feather);
+  check_feather(rng, 4, 64, 5);  // multi-threaded
   return wsc_test::report("test_paste_faces_cpu");
 }
