@@ -20,7 +20,7 @@ import triton.language as tl
 FEATHER_BLOCK = 1024
 TILE_H, TILE_W = 16, 32
 NUM_WARPS = 4
-ERODE_INIT = 3.4e38  # erode_1d's start value: what an empty window yields
+ERODE_INIT = tl.constexpr(3.4e38)  # erode_1d's start value: what an empty window yields
 
 
 @triton.jit
