@@ -48,7 +48,10 @@ void blend_backward(const at::Tensor& grad, const at::Tensor& face, const at::Te
   const int64_t N = face.size(0), C = face.size(1), HW = face.size(2) * face.size(3);
   for (const at::Tensor* t : {&mask, &grad_mask})
     TORCH_CHECK(t->is_contiguous() && t->numel() == N * HW, "blend_backward: mask must be dense (N,1,H,W)");
-  if (face.numel() == 0) return;
+  if (face.numel() == 0) {  // C == 0: the mask gradient is an empty sum
+    grad_mask.zero_();
+    return;
+  }
   dispatch_float(dt, !face.is_cuda(), [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
     if (face.is_cuda()) {

@@ -73,9 +73,17 @@ def test_gradcheck_float64(backend):
     assert torch.autograd.gradcheck(lambda f, b, m: blend(f, b, m, backend=backend), args)
 
 
-def test_empty_batch():
-    face, bg, mask, _ = _inputs((0, 3, 4, 4), torch.float32, "cpu", seed=0)
-    assert blend(face, bg, mask, backend="cpu").shape == (0, 3, 4, 4)
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+@pytest.mark.parametrize("shape", [(0, 3, 4, 4), (2, 0, 3, 4)], ids=str)
+def test_empty_inputs(backend, shape):
+    """No images, or no channels: the mask gradient of zero channels is zero, not garbage."""
+    device = require(backend)
+    face, bg, mask, grad = _inputs(shape, torch.float32, device)
+    leaves = [t.requires_grad_() for t in (face, bg, mask)]
+    out = blend(*leaves, backend=backend)
+    assert out.shape == shape
+    grads = torch.autograd.grad(out, leaves, grad)
+    assert grads[2].shape == mask.shape and torch.equal(grads[2], torch.zeros_like(mask))
 
 
 def test_torch_compile_fullgraph_no_graph_break():

@@ -5,6 +5,7 @@ PyTorch). A call picks one with ``backend=`` or the WSCSWAP_BACKEND environment 
 (the default) takes the fastest one that can serve the inputs' device and dtype. An explicit
 backend that cannot serve a call raises BackendUnavailable with every reason, never falls back.
 """
+import contextlib
 import functools
 import importlib.util
 import os
@@ -105,6 +106,11 @@ def resolve(op: str, backend: str, device: torch.device, dtypes: dict, supported
             return candidate
         reasons.append(f"{candidate}: " + ", ".join(why))
     raise BackendUnavailable(f"{op}: no backend can serve this call: " + "; ".join(reasons))
+
+
+def on_device(device: torch.device):
+    """Make a tensor's GPU current while its kernels launch (tensors on cuda:1 with cuda:0 current)."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
 
 
 def cuda_stream(device: torch.device) -> int:

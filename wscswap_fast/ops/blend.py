@@ -13,7 +13,7 @@ import torch
 
 from .._ext import extension
 from . import _checks
-from ._backends import cuda_stream, resolve
+from ._backends import cuda_stream, on_device, resolve
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 SUPPORTED = {"cpu": FLOAT_DTYPES + (torch.float64,), "reference": FLOAT_DTYPES + (torch.float64,), "*": FLOAT_DTYPES}
@@ -57,12 +57,14 @@ def _dense(fmt, *tensors):
 
 def _run_kernel(backend, name, fmt, *tensors):
     channels_last = fmt == torch.channels_last
-    if backend == "triton":
-        from ..triton import blend as triton_blend
+    device = tensors[0].device
+    with on_device(device):
+        if backend == "triton":
+            from ..triton import blend as triton_blend
 
-        getattr(triton_blend, name)(*tensors, channels_last)
-    else:
-        getattr(extension, name)(*tensors, channels_last, cuda_stream(tensors[0].device))
+            getattr(triton_blend, name)(*tensors, channels_last)
+        else:
+            getattr(extension, name)(*tensors, channels_last, cuda_stream(device))
 
 
 def _forward(face, background, mask, backend):

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from .._ext import extension
 from . import _checks
-from ._backends import cuda_stream, resolve
+from ._backends import cuda_stream, on_device, resolve
 
 CROP_DTYPES = (torch.uint8, torch.float32, torch.float16, torch.bfloat16)
 MASK_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
@@ -200,14 +200,16 @@ def _paste_op(out: torch.Tensor, crops: torch.Tensor, masks: torch.Tensor, affin
         return
     dev = out.device
     plan_tensors = [t.to(dev, non_blocking=True) for t in (face_boxes, faces_by_frame, frame_offsets, frame_boxes)]
-    masks = _feather_fast(masks, feather, backend)
-    args = (out, crops.contiguous(), masks, affines.to(torch.float32).contiguous(), *plan_tensors, max_rows, max_cols)
-    if backend == "triton":
-        from ..triton import paste_faces as triton_paste
+    with on_device(dev):
+        masks = _feather_fast(masks, feather, backend)
+        args = (out, crops.contiguous(), masks, affines.to(torch.float32).contiguous(), *plan_tensors,
+                max_rows, max_cols)
+        if backend == "triton":
+            from ..triton import paste_faces as triton_paste
 
-        triton_paste.paste_faces(*args)
-    else:
-        extension.paste_faces(*args, cuda_stream(dev))
+            triton_paste.paste_faces(*args)
+        else:
+            extension.paste_faces(*args, cuda_stream(dev))
 
 
 @_paste_op.register_fake

@@ -20,8 +20,8 @@ NUM_WARPS = 4
 @triton.jit
 def _blend_forward_kernel(face_ptr, bg_ptr, mask_ptr, out_ptr, C, HW, c_stride, p_stride,
                           BLOCK: tl.constexpr):
-    n = tl.program_id(1).to(tl.int64)  # int64: N*C*H*W may exceed 2^31
-    p = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    n = tl.program_id(0).to(tl.int64)  # int64: N*C*H*W may exceed 2^31
+    p = tl.program_id(1).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     in_image = p < HW
     m = tl.load(mask_ptr + n * HW + p, mask=in_image).to(tl.float32)
     image = n * C * HW
@@ -36,8 +36,8 @@ def _blend_forward_kernel(face_ptr, bg_ptr, mask_ptr, out_ptr, C, HW, c_stride, 
 @triton.jit
 def _blend_backward_kernel(grad_ptr, face_ptr, bg_ptr, mask_ptr, grad_face_ptr, grad_bg_ptr, grad_mask_ptr,
                            C, HW, c_stride, p_stride, BLOCK: tl.constexpr):
-    n = tl.program_id(1).to(tl.int64)
-    p = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    n = tl.program_id(0).to(tl.int64)
+    p = tl.program_id(1).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     in_image = p < HW
     m = tl.load(mask_ptr + n * HW + p, mask=in_image).to(tl.float32)
     image = n * C * HW
@@ -57,7 +57,11 @@ def _geometry(face: torch.Tensor, channels_last: bool):
     n, c, h, w = face.shape
     hw = h * w
     c_stride, p_stride = (1, c) if channels_last else (hw, 1)
-    return (triton.cdiv(hw, BLOCK), n), (c, hw, c_stride, p_stride)
+    # The batch goes on grid axis 0 (up to 2^31-1); pixel blocks on axis 1, which CUDA caps at 65535.
+    blocks = triton.cdiv(hw, BLOCK)
+    if blocks > 65535:
+        raise ValueError(f"triton blend: H*W = {hw} exceeds {65535 * BLOCK} pixels per image")
+    return (n, blocks), (c, hw, c_stride, p_stride)
 
 
 def blend_forward(face, background, mask, out, channels_last: bool) -> None:
