@@ -2,6 +2,7 @@
 // faces of that frame composite in index order over their own column range only.
 #include "paste_faces.h"
 
+#include <algorithm>
 #include <vector>
 
 namespace wsc {
@@ -37,26 +38,75 @@ void paste_faces_cpu(uint8_t* frames, int64_t B, int64_t H, int64_t W,
   }
 }
 
+// The same four passes as erode_1d / blur_1d in paste_faces.h (same windows, borders, tap order,
+// so the same floats), arranged so every inner loop runs along a contiguous row: rows through a
+// padded copy of the row, columns as weighted sums of whole rows. 1.2 ms -> see bench/NOTES.md.
 void feather_masks_cpu(const float* masks, float* out, float* scratch, int64_t K, int64_t S,
                        int feather, const float* kernel) {
-  const int64_t lines = K * S;  // a line is a row (stride 1) or a column (stride S) of one mask
-  // Each pass reads `src` and writes `dst`; rows: line l = (k, y), columns: line l = (k, x).
-  auto pass = [&](const float* src, float* dst, bool columns, bool blur) {
-#pragma omp parallel for schedule(static) if (K * S * S * (feather + 1) >= (1 << 16))
-    for (int64_t l = 0; l < lines; ++l) {
-      const int64_t k = l / S, r = l % S;
-      const int64_t start = k * S * S + (columns ? r : r * S);
-      const int64_t stride = columns ? S : 1;
-      for (int64_t i = 0; i < S; ++i) {
-        dst[start + i * stride] = blur ? blur_1d(src + start, stride, S, i, kernel, feather)
-                                       : erode_1d(src + start, stride, S, i, feather);
+  constexpr float kNoSample = 3.4e38f;  // erode_1d's start value: outside samples never win the min
+  const int64_t lo = feather / 2, hi = feather - 1 - feather / 2, radius = feather;
+  const int64_t taps = 2 * radius + 1;
+  const bool parallel = K * S * S * (feather + 1) >= (1 << 16);
+
+  // dst row y of mask k from src along the row: erosion over [i-lo, i+hi], or the blur.
+  auto row_pass = [&](const float* src, float* dst, bool blur) {
+#pragma omp parallel if (parallel)
+    {
+      std::vector<float> pad(S + 2 * radius);
+#pragma omp for schedule(static)
+      for (int64_t l = 0; l < K * S; ++l) {
+        const float* in = src + l * S;
+        float* o = dst + l * S;
+        if (blur) {
+          for (int64_t i = -radius; i < S + radius; ++i) pad[i + radius] = in[reflect101(i, S)];
+          std::fill(o, o + S, 0.f);
+          for (int64_t t = 0; t < taps; ++t) {
+            const float w = kernel[t];
+            const float* p = pad.data() + t;
+#pragma omp simd
+            for (int64_t i = 0; i < S; ++i) o[i] += w * p[i];
+          }
+        } else {
+          std::fill(pad.begin(), pad.end(), kNoSample);
+          std::copy(in, in + S, pad.begin() + lo);
+          std::fill(o, o + S, kNoSample);
+          for (int64_t t = 0; t < feather; ++t) {
+            const float* p = pad.data() + t;
+#pragma omp simd
+            for (int64_t i = 0; i < S; ++i) o[i] = p[i] < o[i] ? p[i] : o[i];
+          }
+        }
       }
     }
   };
-  pass(masks, scratch, false, false);
-  pass(scratch, out, true, false);
-  pass(out, scratch, false, true);
-  pass(scratch, out, true, true);
+  // dst row y of mask k from the rows around it.
+  auto column_pass = [&](const float* src, float* dst, bool blur) {
+#pragma omp parallel for schedule(static) if (parallel)
+    for (int64_t l = 0; l < K * S; ++l) {
+      const int64_t k = l / S, y = l % S;
+      const float* plane = src + k * S * S;
+      float* o = dst + l * S;
+      std::fill(o, o + S, blur ? 0.f : kNoSample);
+      if (blur) {
+        for (int64_t t = 0; t < taps; ++t) {
+          const float w = kernel[t];
+          const float* p = plane + reflect101(y + t - radius, S) * S;
+#pragma omp simd
+          for (int64_t i = 0; i < S; ++i) o[i] += w * p[i];
+        }
+      } else {
+        for (int64_t yy = std::max<int64_t>(0, y - lo); yy <= std::min(S - 1, y + hi); ++yy) {
+          const float* p = plane + yy * S;
+#pragma omp simd
+          for (int64_t i = 0; i < S; ++i) o[i] = p[i] < o[i] ? p[i] : o[i];
+        }
+      }
+    }
+  };
+  row_pass(masks, scratch, false);
+  column_pass(scratch, out, false);
+  row_pass(out, scratch, true);
+  column_pass(scratch, out, true);
 }
 
 #define WSC_INSTANTIATE(T)                                                                       \
