@@ -28,11 +28,10 @@ def _machine(device: torch.device, copy_gbps: float) -> dict:
 
 def bench(args) -> int:
     from . import ops
-    from .benchmarks import blend as blend_bench
-    from .benchmarks import paste_faces as paste_bench
+    from .benchmarks import suites as bench_suites
     from .benchmarks.harness import copy_bandwidth, markdown_table, text_table, tune_cpu_allocator, write_csv
 
-    suites = {"blend": blend_bench, "paste_faces": paste_bench}
+    suites = bench_suites()
     wanted = args.ops.split(",") if args.ops else list(suites)
     unknown = [o for o in wanted if o not in suites]
     if unknown:
