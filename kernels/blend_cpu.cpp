@@ -5,7 +5,6 @@
 #include "blend.h"
 
 #include <algorithm>
-#include <cstring>
 
 #include "stream_store.h"
 
@@ -15,32 +14,6 @@ constexpr int64_t kBlock = 2048;  // pixels per task: 8 KB of fp32 accumulator, 
 // Below this many elements a parallel region costs more than it saves (and stalls when the
 // other core is busy), so small calls run on the calling thread.
 constexpr int64_t kParallelMin = 1 << 16;
-
-// Store n elements computed into a line buffer. Streaming one line at a time, interleaved with
-// the arithmetic, keeps the write-combining buffers from stalling (a whole-block burst of
-// streaming stores measured slower than plain stores).
-// Elements before dst's next 64-byte boundary (0 when aligned), so that the following lines
-// each fill one whole cache line: a streaming store to part of a line is slow.
-template <typename T>
-inline int64_t to_line_boundary(const T* dst) {
-  return static_cast<int64_t>((64 - reinterpret_cast<uintptr_t>(dst) % 64) % 64 / sizeof(T));
-}
-
-// Call step(q, count) over [0, len): a head up to dst's line boundary, then whole lines with a
-// compile-time count (so the compiler vectorises them fully), then the tail.
-template <int64_t kLine, typename T, typename Step>
-inline void for_each_line(const T* dst, int64_t len, Step&& step) {
-  int64_t q = std::min(to_line_boundary(dst), len);
-  if (q) step(0, q);
-  for (; q + kLine <= len; q += kLine) step(q, kLine);
-  if (q < len) step(q, len - q);
-}
-
-template <typename T>
-inline void put_line(T* dst, const T* line, int64_t n, bool streaming) {
-  if (streaming) stream_out(dst, line, n);
-  else std::memcpy(dst, line, n * sizeof(T));
-}
 }  // namespace
 
 template <typename T>
