@@ -8,6 +8,13 @@ void blend_backward(const at::Tensor&, const at::Tensor&, const at::Tensor&, con
 void paste_faces(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
                  const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t, int64_t, int64_t);
 void feather_masks(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t, int64_t);
+void ain_forward(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                 const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                 const at::Tensor&, double, bool, int64_t);
+void ain_backward(const at::Tensor&, const c10::optional<at::Tensor>&, const at::Tensor&, const at::Tensor&,
+                  const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                  const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                  const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, bool, int64_t);
 }  // namespace wsc_binding
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -23,5 +30,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("paste_faces", &wsc_binding::paste_faces,
         "frames (in place), crops, masks, affines, face_boxes, faces_by_frame, frame_offsets, frame_boxes, "
         "max_rows, max_cols, stream");
+  m.def("ain_forward", &wsc_binding::ain_forward,
+        "h, gamma_id, beta_id, gamma_att, beta_att, mask_weight, mask_bias, out, mask, mean, rstd, eps, "
+        "channels_last, stream");
+  m.def("ain_backward", &wsc_binding::ain_backward,
+        "grad_out, grad_mask (or None), h, gamma_id, beta_id, gamma_att, beta_att, mask_weight, mask, mean, rstd, "
+        "grad_h, grad_gamma_id, grad_beta_id, grad_gamma_att, grad_beta_att, grad_mask_weight, grad_mask_bias, "
+        "channels_last, stream");
   m.def("feather_masks", &wsc_binding::feather_masks, "masks, out, scratch, kernel, feather, stream");
 }

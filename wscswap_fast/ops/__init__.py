@@ -1,6 +1,7 @@
 """The fused ops. Each takes ``backend=`` ('auto', 'cuda', 'triton', 'cpu', 'reference')."""
 from ._backends import BACKENDS, BackendUnavailable, available
+from .ain import ain
 from .blend import blend
 from .paste_faces import paste_faces
 
-__all__ = ["BACKENDS", "BackendUnavailable", "available", "blend", "paste_faces"]
+__all__ = ["BACKENDS", "BackendUnavailable", "available", "ain", "blend", "paste_faces"]

@@ -1,0 +1,345 @@
+// CPU loops for AIN. A task owns a block of pixels of one image, sized so that the block's h
+// (all C channels) stays in this core's L2 between the two channel loops each pass needs:
+// the first loop reduces across channels (mask logit, or its gradient), the second writes.
+//
+// Passes over memory of an (N, C, H, W) tensor E (the byte count in benchmarks/ain.py):
+//   forward:  statistics read h; the main pass reads h, g_att, b_att and writes out
+//             (h's second read per block comes from L2): 5 E-sized passes.
+//   backward: sweep 1 reads g, h, g_att, b_att, writes dg_att, db_att; sweep 2 (after the
+//             per-plane sums are complete) reads g, h, g_att and writes dh: 10 E-sized passes.
+// Outputs of 8 MiB and more are stored with streaming stores (stream_store.h). Per-plane sums
+// are reduced from per-task partials in a fixed order, so results do not depend on threads.
+#include "ain.h"
+
+#include <algorithm>
+#include <vector>
+
+#include "stream_store.h"
+
+namespace wsc {
+namespace {
+
+constexpr int64_t kParallelMin = 1 << 15;  // elements below which threads cost more than they save
+
+// Pixels per task: the block's h in about 128 KB, a multiple of 16, within [16, 2048].
+template <typename T>
+int64_t pixel_block(int64_t C) {
+  const int64_t p = (int64_t(128) << 10) / (std::max<int64_t>(C, 1) * int64_t(sizeof(T)));
+  return std::clamp<int64_t>(p / 16 * 16, 16, 2048);
+}
+
+bool stream_outputs(int64_t elements, size_t size, bool channels_last) {
+  return !channels_last && elements * int64_t(size) >= kStreamMinBytes;
+}
+
+// Plane statistics of NCHW: one task per (n, c); sums around the plane's first value.
+template <typename T, typename S>
+void stats_nchw(const T* h, S* mean, S* rstd, int64_t planes, int64_t HW, double eps) {
+#pragma omp parallel for schedule(static) if (planes * HW >= kParallelMin)
+  for (int64_t pl = 0; pl < planes; ++pl) {
+    const T* x = h + pl * HW;
+    const S shift = load(x[0]);
+    double s1 = 0, s2 = 0;
+    for (int64_t p0 = 0; p0 < HW; p0 += 1024) {  // S partials over short runs, flushed to double
+      S a1 = 0, a2 = 0;
+      const int64_t p1 = std::min(HW, p0 + 1024);
+#pragma omp simd reduction(+ : a1, a2)
+      for (int64_t p = p0; p < p1; ++p) {
+        const S d = load(x[p]) - shift;
+        a1 += d;
+        a2 += d * d;
+      }
+      s1 += a1;
+      s2 += a2;
+    }
+    double mu, rs;
+    ain_stats_from_shifted_sums(shift, s1, s2, HW, eps, mu, rs);
+    mean[pl] = static_cast<S>(mu);
+    rstd[pl] = static_cast<S>(rs);
+  }
+}
+
+// Plane statistics of NHWC: tasks over pixel blocks of one image add per-channel partial sums
+// (around the image's first pixel) that are then reduced per (n, c) in block order.
+template <typename T, typename S>
+void stats_nhwc(const T* h, S* mean, S* rstd, int64_t N, int64_t C, int64_t HW, double eps) {
+  const int64_t P = pixel_block<T>(C), blocks = (HW + P - 1) / P;
+  std::vector<double> part(static_cast<size_t>(N * blocks * C * 2));
+#pragma omp parallel for schedule(static) if (N * C * HW >= kParallelMin)
+  for (int64_t task = 0; task < N * blocks; ++task) {
+    const int64_t n = task / blocks, p0 = (task % blocks) * P, p1 = std::min(HW, p0 + P);
+    const T* img = h + n * HW * C;
+    std::vector<S> a1(C, S(0)), a2(C, S(0));
+    for (int64_t p = p0; p < p1; ++p) {
+#pragma omp simd
+      for (int64_t c = 0; c < C; ++c) {
+        const S d = load(img[p * C + c]) - load(img[c]);
+        a1[c] += d;
+        a2[c] += d * d;
+      }
+    }
+    double* out = part.data() + task * C * 2;
+    for (int64_t c = 0; c < C; ++c) { out[2 * c] = a1[c]; out[2 * c + 1] = a2[c]; }
+  }
+  for (int64_t n = 0; n < N; ++n) {
+    for (int64_t c = 0; c < C; ++c) {
+      double s1 = 0, s2 = 0;
+      for (int64_t blk = 0; blk < blocks; ++blk) {
+        s1 += part[((n * blocks + blk) * C + c) * 2];
+        s2 += part[((n * blocks + blk) * C + c) * 2 + 1];
+      }
+      double mu, rs;
+      ain_stats_from_shifted_sums(load(h[n * HW * C + c]), s1, s2, HW, eps, mu, rs);
+      mean[n * C + c] = static_cast<S>(mu);
+      rstd[n * C + c] = static_cast<S>(rs);
+    }
+  }
+}
+
+// Per-(n, c) sums of the backward, accumulated per task and reduced in task order.
+enum Sum { kDhn, kDhnHn, kGid, kBid, kW, kSums };
+
+}  // namespace
+
+template <typename T, typename S>
+void ain_forward_cpu(const T* h, const T* g_id, const T* b_id, const T* g_att, const T* b_att, const T* w,
+                     const T* b, T* out, S* mask, S* mean, S* rstd, int64_t N, int64_t C, int64_t HW,
+                     double eps, bool channels_last) {
+  if (N * HW == 0) return;
+  if (C == 0) {  // no channels: the logit is the bias alone
+    for (int64_t i = 0; i < N * HW; ++i) mask[i] = sigmoid<S>(load(b[0]));
+    return;
+  }
+  if (channels_last) stats_nhwc(h, mean, rstd, N, C, HW, eps);
+  else stats_nchw(h, mean, rstd, N * C, HW, eps);
+
+  const int64_t P = pixel_block<T>(C), blocks = (HW + P - 1) / P;
+  const bool streaming = stream_outputs(N * C * HW, sizeof(T), channels_last);
+  const S bias = load(b[0]);
+#pragma omp parallel for schedule(static) if (N * C * HW >= kParallelMin)
+  for (int64_t task = 0; task < N * blocks; ++task) {
+    const int64_t n = task / blocks, p0 = (task % blocks) * P, len = std::min(HW, p0 + P) - p0;
+    const S* mu = mean + n * C;
+    const S* rs = rstd + n * C;
+    S* m = mask + n * HW + p0;
+    if (!channels_last) {
+      S z[2048];
+      std::fill(z, z + len, S(0));
+      for (int64_t c = 0; c < C; ++c) {
+        const T* x = h + (n * C + c) * HW + p0;
+        const S wc = load(w[c]), muc = mu[c], rsc = rs[c];
+#pragma omp simd
+        for (int64_t p = 0; p < len; ++p) z[p] += wc * ((load(x[p]) - muc) * rsc);
+      }
+      for (int64_t p = 0; p < len; ++p) m[p] = sigmoid<S>(z[p] + bias);
+      for (int64_t c = 0; c < C; ++c) {
+        const int64_t off = (n * C + c) * HW + p0;
+        const T* x = h + off; const T* ga = g_att + off; const T* ba = b_att + off;
+        const S muc = mu[c], rsc = rs[c], gi = load(g_id[n * C + c]), bi = load(b_id[n * C + c]);
+        constexpr int64_t kLine = 64 / sizeof(T);
+        auto line_step = [&](int64_t q, int64_t count) {
+          alignas(64) T line[kLine];
+#pragma omp simd
+          for (int64_t j = 0; j < count; ++j) {
+            const S hn = (load(x[q + j]) - muc) * rsc;
+            line[j] = store<T>(ain_value<S>(hn, m[q + j], load(ga[q + j]), load(ba[q + j]), gi, bi));
+          }
+          put_line(out + off + q, line, count, streaming);
+        };
+        for_each_line<kLine>(out + off, len, line_step);
+      }
+    } else {
+      const T* gi = g_id + n * C;
+      const T* bi = b_id + n * C;
+      for (int64_t p = 0; p < len; ++p) {
+        const int64_t off = (n * HW + p0 + p) * C;
+        const T* x = h + off; const T* ga = g_att + off; const T* ba = b_att + off;
+        S z = 0;
+#pragma omp simd reduction(+ : z)
+        for (int64_t c = 0; c < C; ++c) z += load(w[c]) * ((load(x[c]) - mu[c]) * rs[c]);
+        const S mv = sigmoid<S>(z + bias);
+        m[p] = mv;
+#pragma omp simd
+        for (int64_t c = 0; c < C; ++c) {
+          const S hn = (load(x[c]) - mu[c]) * rs[c];
+          out[off + c] = store<T>(ain_value<S>(hn, mv, load(ga[c]), load(ba[c]), load(gi[c]), load(bi[c])));
+        }
+      }
+    }
+    if (streaming) stream_fence();
+  }
+}
+
+template <typename T, typename S>
+void ain_backward_cpu(const T* grad_out, const T* grad_mask_in, const T* h, const T* g_id, const T* b_id,
+                      const T* g_att, const T* b_att, const T* w, const S* mask, const S* mean, const S* rstd,
+                      T* grad_h, T* grad_g_id, T* grad_b_id, T* grad_g_att, T* grad_b_att, T* grad_w, T* grad_b,
+                      int64_t N, int64_t C, int64_t HW, bool channels_last) {
+  const int64_t P = pixel_block<T>(C), blocks = (HW + P - 1) / P, tasks = N * blocks;
+  const bool streaming = stream_outputs(N * C * HW, sizeof(T), channels_last);
+  // Sweep 1: per pixel the logit gradient dz (kept for sweep 2), per task the partial sums.
+  std::vector<S> dz_all(static_cast<size_t>(N * HW));
+  std::vector<S> part(static_cast<size_t>(tasks * C * kSums));
+  std::vector<S> part_bias(static_cast<size_t>(tasks));
+#pragma omp parallel for schedule(static) if (N * C * HW >= kParallelMin)
+  for (int64_t task = 0; task < tasks; ++task) {
+    const int64_t n = task / blocks, p0 = (task % blocks) * P, len = std::min(HW, p0 + P) - p0;
+    const S* mu = mean + n * C;
+    const S* rs = rstd + n * C;
+    const S* m = mask + n * HW + p0;
+    S* dz = dz_all.data() + n * HW + p0;
+    S* sums = part.data() + task * C * kSums;
+    if (!channels_last) {
+      S dm[2048];
+      for (int64_t p = 0; p < len; ++p) dm[p] = grad_mask_in ? load(grad_mask_in[n * HW + p0 + p]) : S(0);
+      for (int64_t c = 0; c < C; ++c) {
+        const int64_t off = (n * C + c) * HW + p0;
+        const T* g = grad_out + off; const T* x = h + off; const T* ga = g_att + off; const T* ba = b_att + off;
+        const S muc = mu[c], rsc = rs[c], gi = load(g_id[n * C + c]), bi = load(b_id[n * C + c]);
+#pragma omp simd
+        for (int64_t p = 0; p < len; ++p)
+          dm[p] += ain_mask_grad_term<S>(load(g[p]), (load(x[p]) - muc) * rsc, load(ga[p]), load(ba[p]), gi, bi);
+      }
+      S bias_sum = 0;
+      for (int64_t p = 0; p < len; ++p) {
+        dz[p] = ain_logit_grad<S>(dm[p], m[p]);
+        bias_sum += dz[p];
+      }
+      part_bias[task] = bias_sum;
+      for (int64_t c = 0; c < C; ++c) {
+        const int64_t off = (n * C + c) * HW + p0;
+        const T* g = grad_out + off; const T* x = h + off; const T* ga = g_att + off;
+        const S muc = mu[c], rsc = rs[c], gi = load(g_id[n * C + c]), wc = load(w[c]);
+        S s_dhn = 0, s_dhn_hn = 0, s_gid = 0, s_bid = 0, s_w = 0;
+        constexpr int64_t kLine = 64 / sizeof(T);
+        auto line_step = [&](int64_t q, int64_t count) {
+          alignas(64) T line_ga[kLine], line_ba[kLine];
+#pragma omp simd reduction(+ : s_dhn, s_dhn_hn, s_gid, s_bid, s_w)
+          for (int64_t j = 0; j < count; ++j) {
+            const int64_t p = q + j;
+            const S gv = load(g[p]), hn = (load(x[p]) - muc) * rsc, mv = m[p];
+            const S dhn = ain_hn_grad<S>(gv, mv, load(ga[p]), gi, dz[p], wc);
+            line_ga[j] = store<T>(gv * (S(1) - mv) * hn);
+            line_ba[j] = store<T>(gv * (S(1) - mv));
+            s_dhn += dhn;
+            s_dhn_hn += dhn * hn;
+            s_gid += gv * mv * hn;
+            s_bid += gv * mv;
+            s_w += dz[p] * hn;
+          }
+          put_line(grad_g_att + off + q, line_ga, count, streaming);
+          put_line(grad_b_att + off + q, line_ba, count, streaming);
+        };
+        for_each_line<kLine>(grad_g_att + off, len, line_step);
+        S* s = sums + c * kSums;
+        s[kDhn] = s_dhn; s[kDhnHn] = s_dhn_hn; s[kGid] = s_gid; s[kBid] = s_bid; s[kW] = s_w;
+      }
+    } else {
+      std::fill(sums, sums + C * kSums, S(0));
+      S bias_sum = 0;
+      const T* gi = g_id + n * C;
+      const T* bi = b_id + n * C;
+      for (int64_t p = 0; p < len; ++p) {
+        const int64_t off = (n * HW + p0 + p) * C;
+        const T* g = grad_out + off; const T* x = h + off; const T* ga = g_att + off; const T* ba = b_att + off;
+        S dm = grad_mask_in ? load(grad_mask_in[n * HW + p0 + p]) : S(0);
+#pragma omp simd reduction(+ : dm)
+        for (int64_t c = 0; c < C; ++c)
+          dm += ain_mask_grad_term<S>(load(g[c]), (load(x[c]) - mu[c]) * rs[c], load(ga[c]), load(ba[c]),
+                                      load(gi[c]), load(bi[c]));
+        const S mv = m[p], dzv = ain_logit_grad<S>(dm, mv);
+        dz[p] = dzv;
+        bias_sum += dzv;
+        for (int64_t c = 0; c < C; ++c) {
+          const S gv = load(g[c]), hn = (load(x[c]) - mu[c]) * rs[c];
+          const S dhn = ain_hn_grad<S>(gv, mv, load(ga[c]), load(gi[c]), dzv, load(w[c]));
+          grad_g_att[off + c] = store<T>(gv * (S(1) - mv) * hn);
+          grad_b_att[off + c] = store<T>(gv * (S(1) - mv));
+          S* s = sums + c * kSums;
+          s[kDhn] += dhn; s[kDhnHn] += dhn * hn; s[kGid] += gv * mv * hn; s[kBid] += gv * mv; s[kW] += dzv * hn;
+        }
+      }
+      part_bias[task] = bias_sum;
+    }
+    if (streaming) stream_fence();
+  }
+
+  // Per-plane totals (in task order: deterministic), the small gradients, and the means sweep 2 needs.
+  std::vector<S> mean_dhn(static_cast<size_t>(N * C)), mean_dhn_hn(static_cast<size_t>(N * C));
+  std::vector<double> w_sum(static_cast<size_t>(C), 0.0);  // sums over many tasks: double
+  double bias_total = 0;
+  for (int64_t n = 0; n < N; ++n) {
+    for (int64_t c = 0; c < C; ++c) {
+      double t[kSums] = {0, 0, 0, 0, 0};
+      for (int64_t blk = 0; blk < blocks; ++blk)
+        for (int k = 0; k < kSums; ++k) t[k] += part[((n * blocks + blk) * C + c) * kSums + k];
+      mean_dhn[n * C + c] = static_cast<S>(t[kDhn] / static_cast<double>(HW));
+      mean_dhn_hn[n * C + c] = static_cast<S>(t[kDhnHn] / static_cast<double>(HW));
+      grad_g_id[n * C + c] = store<T>(static_cast<S>(t[kGid]));
+      grad_b_id[n * C + c] = store<T>(static_cast<S>(t[kBid]));
+      w_sum[c] += t[kW];
+    }
+    for (int64_t blk = 0; blk < blocks; ++blk) bias_total += part_bias[n * blocks + blk];
+  }
+  for (int64_t c = 0; c < C; ++c) grad_w[c] = store<T>(static_cast<S>(w_sum[c]));
+  grad_b[0] = store<T>(static_cast<S>(bias_total));
+
+  // Sweep 2: dh, recomputing dhn from the inputs (exact in every dtype; no E-sized scratch).
+#pragma omp parallel for schedule(static) if (N * C * HW >= kParallelMin)
+  for (int64_t task = 0; task < tasks; ++task) {
+    const int64_t n = task / blocks, p0 = (task % blocks) * P, len = std::min(HW, p0 + P) - p0;
+    const S* mu = mean + n * C;
+    const S* rs = rstd + n * C;
+    const S* m = mask + n * HW + p0;
+    const S* dz = dz_all.data() + n * HW + p0;
+    const S* md = mean_dhn.data() + n * C;
+    const S* mdh = mean_dhn_hn.data() + n * C;
+    if (!channels_last) {
+      for (int64_t c = 0; c < C; ++c) {
+        const int64_t off = (n * C + c) * HW + p0;
+        const T* g = grad_out + off; const T* x = h + off; const T* ga = g_att + off;
+        const S muc = mu[c], rsc = rs[c], gi = load(g_id[n * C + c]), wc = load(w[c]);
+        constexpr int64_t kLine = 64 / sizeof(T);
+        auto line_step = [&](int64_t q, int64_t count) {
+          alignas(64) T line[kLine];
+#pragma omp simd
+          for (int64_t j = 0; j < count; ++j) {
+            const int64_t p = q + j;
+            const S hn = (load(x[p]) - muc) * rsc;
+            const S dhn = ain_hn_grad<S>(load(g[p]), m[p], load(ga[p]), gi, dz[p], wc);
+            line[j] = store<T>(ain_input_grad<S>(dhn, hn, rsc, md[c], mdh[c]));
+          }
+          put_line(grad_h + off + q, line, count, streaming);
+        };
+        for_each_line<kLine>(grad_h + off, len, line_step);
+      }
+    } else {
+      const T* gi = g_id + n * C;
+      for (int64_t p = 0; p < len; ++p) {
+        const int64_t off = (n * HW + p0 + p) * C;
+        const T* g = grad_out + off; const T* x = h + off; const T* ga = g_att + off;
+#pragma omp simd
+        for (int64_t c = 0; c < C; ++c) {
+          const S hn = (load(x[c]) - mu[c]) * rs[c];
+          const S dhn = ain_hn_grad<S>(load(g[c]), m[p], load(ga[c]), load(gi[c]), dz[p], load(w[c]));
+          grad_h[off + c] = store<T>(ain_input_grad<S>(dhn, hn, rs[c], md[c], mdh[c]));
+        }
+      }
+    }
+    if (streaming) stream_fence();
+  }
+}
+
+#define WSC_INSTANTIATE(T, S)                                                                              \
+  template void ain_forward_cpu<T, S>(const T*, const T*, const T*, const T*, const T*, const T*, const T*,  \
+                                      T*, S*, S*, S*, int64_t, int64_t, int64_t, double, bool);               \
+  template void ain_backward_cpu<T, S>(const T*, const T*, const T*, const T*, const T*, const T*, const T*, \
+                                       const T*, const S*, const S*, const S*, T*, T*, T*, T*, T*, T*, T*,   \
+                                       int64_t, int64_t, int64_t, bool);
+WSC_INSTANTIATE(float, float)
+WSC_INSTANTIATE(double, double)
+WSC_INSTANTIATE(half_t, float)
+WSC_INSTANTIATE(bf16_t, float)
+#undef WSC_INSTANTIATE
+
+}  // namespace wsc
