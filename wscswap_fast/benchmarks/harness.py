@@ -63,7 +63,7 @@ def copy_bandwidth(device: torch.device, megabytes: int = 512) -> float:
     return 2 * n / t / 1e9
 
 
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_MMAP_MAX = -1, -3, -4
 
 
 def tune_cpu_allocator() -> bool:
@@ -76,8 +76,9 @@ def tune_cpu_allocator() -> bool:
     libc = ctypes.CDLL(name)
     if not hasattr(libc, "mallopt"):
         return False
-    # 32 MiB is glibc's largest mmap threshold; the trim threshold is an int.
-    return bool(libc.mallopt(M_MMAP_THRESHOLD, 32 << 20)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
+    # No mmap for big blocks (glibc caps the mmap threshold at 32 MiB, below a (8,256,64,64) fp32
+    # tensor), and no trimming of the heap's free top; the trim threshold is an int.
+    return bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
 
 
 def finish_rows(rows: list, copy_gbps: float, eager: str | None, compiled: str | None) -> list:
