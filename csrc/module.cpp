@@ -15,6 +15,17 @@ void ain_backward(const at::Tensor&, const c10::optional<at::Tensor>&, const at:
                   const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
                   const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
                   const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, bool, int64_t);
+void rasterize_forward(const at::Tensor&, const at::Tensor&, int64_t, int64_t, const at::Tensor&, const at::Tensor&,
+                       const at::Tensor&, int64_t);
+void rasterize_backward(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                        const at::Tensor&, int64_t);
+void photometric_forward(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                         const std::optional<at::Tensor>&, double, const at::Tensor&, const at::Tensor&,
+                         const at::Tensor&, int64_t);
+void photometric_backward(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                          const std::optional<at::Tensor>&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                          double, const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
+                          const std::optional<at::Tensor>&, int64_t);
 }  // namespace wsc_binding
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -37,5 +48,14 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "grad_out, grad_mask (or None), h, gamma_id, beta_id, gamma_att, beta_att, mask_weight, mask, mean, rstd, "
         "grad_h, grad_gamma_id, grad_beta_id, grad_gamma_att, grad_beta_att, grad_mask_weight, grad_mask_bias, "
         "channels_last, stream");
+  m.def("rasterize_forward", &wsc_binding::rasterize_forward,
+        "vertices, triangles (int32), height, width, tri_id, bary, depth, stream");
+  m.def("rasterize_backward", &wsc_binding::rasterize_backward,
+        "grad_bary, grad_depth, vertices, triangles, tri_id, grad_vertices, stream");
+  m.def("photometric_forward", &wsc_binding::photometric_forward,
+        "image, vertices, triangles, colors, mask (or None), eps, tri_id, loss, weight, stream");
+  m.def("photometric_backward", &wsc_binding::photometric_backward,
+        "grad_loss, image, vertices, triangles, colors, mask (or None), tri_id, loss, weight, eps, grad_vertices, "
+        "grad_colors, grad_image (or None), grad_mask (or None), stream");
   m.def("feather_masks", &wsc_binding::feather_masks, "masks, out, scratch, kernel, feather, stream");
 }
