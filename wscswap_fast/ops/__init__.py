@@ -3,5 +3,7 @@ from ._backends import BACKENDS, BackendUnavailable, available
 from .ain import ain
 from .blend import blend
 from .paste_faces import paste_faces
+from .photometric_loss import photometric_loss
+from .rasterize import rasterize
 
-__all__ = ["BACKENDS", "BackendUnavailable", "available", "ain", "blend", "paste_faces"]
+__all__ = ["BACKENDS", "BackendUnavailable", "available", "ain", "blend", "paste_faces", "photometric_loss", "rasterize"]
