@@ -136,3 +136,19 @@ def test_bad_inputs_name_the_argument(call, words):
         call()
     for word in words:
         assert word in str(info.value)
+
+
+@pytest.mark.parametrize("axis", [0, 1, 2], ids=["pitch", "yaw", "roll"])
+def test_single_axis_angles_equal_eos_yaw_pitch_roll(axis):
+    """Same signs as eos's get_yaw_pitch_roll (whose order is yaw, pitch, roll)."""
+    eos = pytest.importorskip("eos")
+    import numpy as np
+
+    points = torch.randn(30, 3, dtype=torch.float64) * 50
+    angles = torch.zeros(1, 3, dtype=torch.float64)
+    angles[0, axis] = 0.2
+    image = camera.orthographic(camera.transform(points[None], angles, torch.zeros(1, 3, dtype=torch.float64)), 2.0, 100.0, 400.0)[0]
+    sop = eos.fitting.estimate_orthographic_projection_linear(
+        [p.astype(np.float32) for p in image.numpy()], [np.append(p, 1.0).astype(np.float32) for p in points.numpy()], True, 480)
+    yaw, pitch, roll = eos.fitting.RenderingParameters(sop, 640, 480).get_yaw_pitch_roll()
+    np.testing.assert_allclose([pitch, yaw, roll], np.rad2deg(angles[0].numpy()), atol=1e-3)

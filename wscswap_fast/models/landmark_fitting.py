@@ -12,8 +12,9 @@ coefficients. It is minimised by Adam from a closed-form start:
 2. Adam on (angles, translation, identity, expression), learning rate decayed by a cosine,
    every ``contour_every`` steps re-choosing the contour correspondences for the current pose.
 
-Objective per face, eos's (``fit_shape_and_pose``: sigma^2 = 3 px^2, lambda 30 for both
-bases) divided by the number of landmarks n:
+Objective per face: eos's (``fit_shape_and_pose``: landmark variance sigma^2 = 3 px^2, prior
+weights lambda 30), times sigma^2, divided by the number of landmarks n (eos gives its
+blendshapes no prior but fits them non-negative; ``nonnegative_expression`` does the latter):
 
     sum_l w_l |p_l - y_l|^2 / n + sigma^2 * (lambda_id |a_id|^2 + lambda_exp |a_exp|^2) / n
 
@@ -23,7 +24,7 @@ model contour vertex of its side whose projection lies nearest to it, as eos's
 ``get_nearest_contour_correspondences`` does. eos matches only the side facing the camera (both
 within 7.5 degrees of frontal yaw) and fits the far side to the mesh's occluding edges instead;
 matching both sides this way gave the lower reprojection error on the 38 real faces of the
-comparison (contour error 3.01 px against 3.43 px with eos's side rule, see bench/NOTES.md).
+comparison (median contour error 3.0 px against 3.4 px with eos's side rule; bench/NOTES.md).
 These 16 points enter through a small plain-PyTorch term: each face has its own contour
 vertices, which the fused op's landmark rows, shared by the batch, cannot express.
 """
