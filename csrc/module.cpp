@@ -26,6 +26,14 @@ void photometric_backward(const at::Tensor&, const at::Tensor&, const at::Tensor
                           const std::optional<at::Tensor>&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
                           double, const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
                           const std::optional<at::Tensor>&, int64_t);
+std::vector<at::Tensor> landmark_loss_forward(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                              const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                              const at::Tensor&, double, double, double, double, int64_t, int64_t,
+                                              int64_t);
+std::vector<at::Tensor> landmark_loss_backward(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                               const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                               double, double, double, double, int64_t, int64_t, bool, bool, bool,
+                                               int64_t);
 }  // namespace wsc_binding
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -57,5 +65,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("photometric_backward", &wsc_binding::photometric_backward,
         "grad_loss, image, vertices, triangles, colors, mask (or None), tri_id, loss, weight, eps, grad_vertices, "
         "grad_colors, grad_image (or None), grad_mask (or None), stream");
+  m.def("landmark_loss_forward", &wsc_binding::landmark_loss_forward,
+        "id_coeff, exp_coeff, angles, translation, target, weights, mean, id_basis, exp_basis, focal, cx, cy, "
+        "distance, norm, reduction, stream -> [loss, landmarks (L,3,N)]");
+  m.def("landmark_loss_backward", &wsc_binding::landmark_loss_backward,
+        "grad, landmarks, angles, translation, target, weights, id_basis, exp_basis, focal, cx, cy, distance, norm, "
+        "reduction, need_id, need_exp, need_target, stream -> [grad_id, grad_exp, grad_angles, grad_translation, "
+        "grad_target] (None where not needed)");
   m.def("feather_masks", &wsc_binding::feather_masks, "masks, out, scratch, kernel, feather, stream");
 }

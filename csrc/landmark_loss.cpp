@@ -1,0 +1,165 @@
+// Binding of the landmark_loss kernels: checks, output allocation, CPU or CUDA dispatch by device
+// and dtype. Inputs may arrive non-contiguous (views); they are made dense here, where it is cheap.
+#include "checks.h"
+
+#include "../kernels/landmark_loss.h"
+
+namespace wsc_binding {
+namespace {
+
+// Inputs shared by forward and backward, dense, checked against one another.
+struct LandmarkInputs {
+  at::Tensor angles, translation, target, weights, id_basis, exp_basis;
+  wsc::LandmarkLossDims dims;
+};
+
+void check_shape(const at::Tensor& t, at::IntArrayRef expected, const char* name) {
+  TORCH_CHECK(t.sizes() == expected, "landmark_loss: ", name, " must have shape ", expected, ", got ", t.sizes());
+}
+
+LandmarkInputs check_common(int64_t N, const at::Tensor& angles, const at::Tensor& translation,
+                            const at::Tensor& target, const at::Tensor& weights, const at::Tensor& id_basis,
+                            const at::Tensor& exp_basis, const at::Device dev, const at::ScalarType dt) {
+  WSC_CHECK_TENSOR(angles, dev, dt); WSC_CHECK_TENSOR(translation, dev, dt); WSC_CHECK_TENSOR(target, dev, dt);
+  WSC_CHECK_TENSOR(weights, dev, dt); WSC_CHECK_TENSOR(id_basis, dev, dt); WSC_CHECK_TENSOR(exp_basis, dev, dt);
+  TORCH_CHECK(id_basis.dim() == 3 && exp_basis.dim() == 3, "landmark_loss: the bases must be (L,3,K)");
+  const int64_t L = id_basis.size(0);
+  LandmarkInputs in;
+  in.dims = wsc::LandmarkLossDims{N, L, id_basis.size(2), exp_basis.size(2), weights.dim() == 2};
+  check_shape(id_basis, {L, 3, in.dims.K_id}, "id_basis");
+  check_shape(exp_basis, {L, 3, in.dims.K_exp}, "exp_basis");
+  check_shape(angles, {N, 3}, "angles");
+  check_shape(translation, {N, 3}, "translation");
+  check_shape(target, {N, L, 2}, "target");
+  if (in.dims.per_sample_weights) check_shape(weights, {N, L}, "weights");
+  else check_shape(weights, {L}, "weights");
+  in.angles = angles.contiguous(); in.translation = translation.contiguous(); in.target = target.contiguous();
+  in.weights = weights.contiguous(); in.id_basis = id_basis.contiguous(); in.exp_basis = exp_basis.contiguous();
+  return in;
+}
+
+int check_norm(int64_t norm) {
+  TORCH_CHECK(norm == wsc::kLandmarkL2 || norm == wsc::kLandmarkL1, "landmark_loss: unknown norm code ", norm);
+  return static_cast<int>(norm);
+}
+int check_reduction(int64_t reduction) {
+  TORCH_CHECK(reduction == wsc::kReduceNone || reduction == wsc::kReduceMean || reduction == wsc::kReduceSum,
+              "landmark_loss: unknown reduction code ", reduction);
+  return static_cast<int>(reduction);
+}
+
+template <typename F>
+void dispatch(const at::Tensor& t, F&& f) {
+  if (t.scalar_type() == at::kFloat) f(static_cast<float*>(nullptr));
+  else if (t.scalar_type() == at::kDouble && !t.is_cuda()) f(static_cast<double*>(nullptr));
+  else TORCH_CHECK(false, "landmark_loss: unsupported dtype ", t.scalar_type(), " on ", t.device(),
+                   " (float32; float64 on the CPU)");
+}
+
+}  // namespace
+
+// Returns (loss, landmarks): loss is (N,) for reduction none, else a scalar; landmarks (L,3,N) are
+// the rest-pose landmark points the backward needs.
+std::vector<at::Tensor> landmark_loss_forward(const at::Tensor& id_coeff, const at::Tensor& exp_coeff,
+                                              const at::Tensor& angles, const at::Tensor& translation,
+                                              const at::Tensor& target, const at::Tensor& weights,
+                                              const at::Tensor& mean, const at::Tensor& id_basis,
+                                              const at::Tensor& exp_basis, double focal, double cx, double cy,
+                                              double distance, int64_t norm, int64_t reduction, int64_t stream) {
+  const auto dev = id_coeff.device();
+  const auto dt = id_coeff.scalar_type();
+  WSC_CHECK_TENSOR(exp_coeff, dev, dt); WSC_CHECK_TENSOR(mean, dev, dt);
+  TORCH_CHECK(id_coeff.dim() == 2, "landmark_loss: id_coeff must be (N,K_id)");
+  const int64_t N = id_coeff.size(0);
+  LandmarkInputs in = check_common(N, angles, translation, target, weights, id_basis, exp_basis, dev, dt);
+  const auto& d = in.dims;
+  check_shape(id_coeff, {N, d.K_id}, "id_coeff");
+  check_shape(exp_coeff, {N, d.K_exp}, "exp_coeff");
+  check_shape(mean, {d.L, 3}, "mean");
+  const int norm_code = check_norm(norm), reduction_code = check_reduction(reduction);
+  const at::Tensor a = id_coeff.contiguous(), e = exp_coeff.contiguous(), m = mean.contiguous();
+
+  const auto opts = id_coeff.options();
+  at::Tensor landmarks = at::empty({d.L, 3, N}, opts);
+  at::Tensor per_sample = at::empty({N}, opts);
+  at::Tensor loss = reduction_code == wsc::kReduceNone ? per_sample : at::empty({}, opts);
+  const wsc::LandmarkCamera cam{focal, cx, cy, distance};
+  dispatch(id_coeff, [&](auto* tag) {
+    using T = std::remove_pointer_t<decltype(tag)>;
+    if (id_coeff.is_cuda()) {
+#ifdef WSC_WITH_CUDA
+      if constexpr (std::is_same_v<T, float>)
+        wsc::landmark_loss_forward_cuda<T>(d, cam, norm_code, reduction_code, ptr<T>(a), ptr<T>(e), ptr<T>(in.angles),
+                                           ptr<T>(in.translation), ptr<T>(in.target), ptr<T>(in.weights), ptr<T>(m),
+                                           ptr<T>(in.id_basis), ptr<T>(in.exp_basis), ptr<T>(landmarks),
+                                           ptr<T>(per_sample), ptr<T>(loss), as_stream(stream));
+#else
+      TORCH_CHECK(false, "wscswap_fast._C was built without CUDA");
+#endif
+    } else {
+      wsc::landmark_loss_forward_cpu<T>(d, cam, norm_code, reduction_code, ptr<T>(a), ptr<T>(e), ptr<T>(in.angles),
+                                        ptr<T>(in.translation), ptr<T>(in.target), ptr<T>(in.weights), ptr<T>(m),
+                                        ptr<T>(in.id_basis), ptr<T>(in.exp_basis), ptr<T>(landmarks),
+                                        ptr<T>(per_sample), ptr<T>(loss));
+    }
+  });
+  return {loss, landmarks};
+}
+
+// Returns (grad_id, grad_exp, grad_angles, grad_translation, grad_target); a gradient not asked
+// for (need_* false) is an undefined tensor (None in Python) and costs nothing.
+std::vector<at::Tensor> landmark_loss_backward(const at::Tensor& grad, const at::Tensor& landmarks,
+                                               const at::Tensor& angles, const at::Tensor& translation,
+                                               const at::Tensor& target, const at::Tensor& weights,
+                                               const at::Tensor& id_basis, const at::Tensor& exp_basis,
+                                               double focal, double cx, double cy, double distance, int64_t norm,
+                                               int64_t reduction, bool need_id, bool need_exp, bool need_target,
+                                               int64_t stream) {
+  const auto dev = angles.device();
+  const auto dt = angles.scalar_type();
+  WSC_CHECK_TENSOR(grad, dev, dt); WSC_CHECK_TENSOR(landmarks, dev, dt);
+  TORCH_CHECK(angles.dim() == 2, "landmark_loss_backward: angles must be (N,3)");
+  const int64_t N = angles.size(0);
+  LandmarkInputs in = check_common(N, angles, translation, target, weights, id_basis, exp_basis, dev, dt);
+  const auto& d = in.dims;
+  const int norm_code = check_norm(norm), reduction_code = check_reduction(reduction);
+  check_shape(landmarks, {d.L, 3, N}, "landmarks");
+  if (reduction_code == wsc::kReduceNone) check_shape(grad, {N}, "grad");
+  else TORCH_CHECK(grad.numel() == 1, "landmark_loss_backward: grad must be a scalar, got ", grad.sizes());
+  const at::Tensor g = grad.contiguous(), lm = landmarks.contiguous();
+
+  const auto opts = angles.options();
+  at::Tensor grad_id = need_id ? at::empty({N, d.K_id}, opts) : at::Tensor();
+  at::Tensor grad_exp = need_exp ? at::empty({N, d.K_exp}, opts) : at::Tensor();
+  at::Tensor grad_angles = at::empty({N, 3}, opts), grad_translation = at::empty({N, 3}, opts);
+  at::Tensor grad_target = need_target ? at::empty({N, d.L, 2}, opts) : at::Tensor();
+  const wsc::LandmarkCamera cam{focal, cx, cy, distance};
+  auto maybe = [](const at::Tensor& t, auto* tag) {
+    using T = std::remove_pointer_t<decltype(tag)>;
+    return t.defined() ? ptr<T>(t) : static_cast<T*>(nullptr);
+  };
+  dispatch(angles, [&](auto* tag) {
+    using T = std::remove_pointer_t<decltype(tag)>;
+    if (angles.is_cuda()) {
+#ifdef WSC_WITH_CUDA
+      if constexpr (std::is_same_v<T, float>)
+        wsc::landmark_loss_backward_cuda<T>(d, cam, norm_code, reduction_code, ptr<T>(g), ptr<T>(lm),
+                                            ptr<T>(in.angles), ptr<T>(in.translation), ptr<T>(in.target),
+                                            ptr<T>(in.weights), ptr<T>(in.id_basis), ptr<T>(in.exp_basis),
+                                            maybe(grad_id, tag), maybe(grad_exp, tag), ptr<T>(grad_angles),
+                                            ptr<T>(grad_translation), maybe(grad_target, tag), as_stream(stream));
+#else
+      TORCH_CHECK(false, "wscswap_fast._C was built without CUDA");
+#endif
+    } else {
+      wsc::landmark_loss_backward_cpu<T>(d, cam, norm_code, reduction_code, ptr<T>(g), ptr<T>(lm), ptr<T>(in.angles),
+                                         ptr<T>(in.translation), ptr<T>(in.target), ptr<T>(in.weights),
+                                         ptr<T>(in.id_basis), ptr<T>(in.exp_basis), maybe(grad_id, tag),
+                                         maybe(grad_exp, tag), ptr<T>(grad_angles), ptr<T>(grad_translation),
+                                         maybe(grad_target, tag));
+    }
+  });
+  return {grad_id, grad_exp, grad_angles, grad_translation, grad_target};
+}
+
+}  // namespace wsc_binding

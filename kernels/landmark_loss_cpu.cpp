@@ -1,0 +1,477 @@
+// CPU loops for landmark_loss (math in landmark_loss.h). OpenMP over blocks of the batch.
+//
+// Work per sample, R = 3L rows, K = K_id + K_exp: the forward forms the rest-pose landmarks,
+// R*K multiply-adds, then ~40 flops per landmark; the backward ~80 flops per landmark, then the
+// coefficient gradient basis^T @ dL/dp, another R*K multiply-adds. The two R*K products are all
+// that matter: 2 x 204 x 144 = 59k multiply-adds per sample for a BFM-sized model. The bases
+// (R*K values, 117 KB for BFM in fp32) stay in L2 and are shared by the batch, so this is a
+// small GEMM, bound by FMA throughput, not by memory.
+//
+// A block is kLanes samples (one 64-byte vector of T) with every per-sample quantity stored
+// lane-major, x[i * kLanes + j] = item i of the block's sample j, so each basis value is
+// broadcast once and multiplied into kLanes samples at a time, and the per-landmark math runs
+// kLanes samples per instruction. RB basis rows (forward) or coefficient columns (backward)
+// are accumulated at once to keep the FMA units busy; RB is picked per instruction set (the
+// accumulators must fit the register file), and on x86-64 the block functions are compiled for
+// AVX-512, AVX2+FMA and the baseline and chosen at run time, since the extension itself is
+// built for the baseline (SSE2): AVX-512 runs the products ~5x faster than SSE2 here.
+#include "landmark_loss.h"
+
+#include <algorithm>
+#include <cstring>
+#include <new>
+
+namespace wsc {
+namespace {
+
+#if defined(__GNUC__)
+#define WSC_ALWAYS_INLINE inline __attribute__((always_inline))
+#else
+#define WSC_ALWAYS_INLINE inline
+#endif
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#define WSC_X86_DISPATCH 1
+#define WSC_TARGET_AVX512 __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma,prefer-vector-width=512")))
+#define WSC_TARGET_AVX2 __attribute__((target("avx2,fma")))
+#endif
+
+template <typename T>
+constexpr int kLanes = static_cast<int>(64 / sizeof(T));
+
+// 64-byte aligned scratch for one block (a few tens of KB: too large for the stack with big K).
+template <typename T>
+class Scratch {
+ public:
+  explicit Scratch(size_t n) : p_(static_cast<T*>(::operator new((n ? n : 1) * sizeof(T), std::align_val_t(64)))) {}
+  ~Scratch() { ::operator delete(p_, std::align_val_t(64)); }
+  Scratch(const Scratch&) = delete;
+  Scratch& operator=(const Scratch&) = delete;
+  T* data() const { return p_; }
+
+ private:
+  T* p_;
+};
+
+template <typename T>
+struct Problem {
+  LandmarkLossDims d;
+  LandmarkCamera cam;
+  int norm, reduction;
+  const T *id_coeff, *exp_coeff, *angles, *translation, *target, *weights, *mean, *id_basis, *exp_basis;
+  const T *grad, *landmarks;  // backward
+  T *out_landmarks, *per_sample;  // forward
+  T *grad_id, *grad_exp, *grad_angles, *grad_translation, *grad_target;  // backward
+};
+
+// Lane-major scratch of one block.
+template <typename T>
+struct Block {
+  static constexpr int V = kLanes<T>;
+  int64_t n0, S;  // first sample, samples in the block (<= V; the other lanes are padding)
+  T* points;      // (3L, V) rest-pose landmarks
+  T* grads;       // (3L, V) dL/dp (backward)
+  T* target;      // (2L, V)
+  T* weights;     // (L, V)
+  T* coef;        // (K_id + K_exp, V) forward; (2L, V) target gradient in the backward
+  T R[9][V], tx[V], ty[V], tz[V];
+  T trig[6][V];  // sin and cos of pitch, yaw, roll
+
+  EulerTrig<T> trig_lane(int j) const {
+    return EulerTrig<T>{trig[0][j], trig[1][j], trig[2][j], trig[3][j], trig[4][j], trig[5][j]};
+  }
+};
+
+// Accumulators indexed by a run-time lane would live in memory: each loop below finishes with
+// full-width stores into such a buffer, and only then copies out the block's S real samples.
+
+// out[r][:] = mean[r] + sum_k id_basis[r][k] coef[k][:] + sum_k exp_basis[r][k] coef[K_id+k][:]
+// for RB rows starting at r.
+template <typename T, int RB>
+WSC_ALWAYS_INLINE void basis_rows(const Problem<T>& p, const T* coef, int64_t r, T* out) {
+  constexpr int V = kLanes<T>;
+  const int64_t Ki = p.d.K_id, Ke = p.d.K_exp;
+  T acc[RB][V];
+  for (int i = 0; i < RB; ++i) {
+    const T m = p.mean[r + i];
+#pragma omp simd
+    for (int j = 0; j < V; ++j) acc[i][j] = m;
+  }
+  for (int64_t k = 0; k < Ki; ++k) {
+    const T* c = coef + k * V;
+    for (int i = 0; i < RB; ++i) {
+      const T b = p.id_basis[(r + i) * Ki + k];
+#pragma omp simd
+      for (int j = 0; j < V; ++j) acc[i][j] += b * c[j];
+    }
+  }
+  for (int64_t k = 0; k < Ke; ++k) {
+    const T* c = coef + (Ki + k) * V;
+    for (int i = 0; i < RB; ++i) {
+      const T b = p.exp_basis[(r + i) * Ke + k];
+#pragma omp simd
+      for (int j = 0; j < V; ++j) acc[i][j] += b * c[j];
+    }
+  }
+  for (int i = 0; i < RB; ++i)
+#pragma omp simd
+    for (int j = 0; j < V; ++j) out[(r + i) * V + j] = acc[i][j];
+}
+
+// grad[n0 + j][k + i] = sum_r basis[r][k + i] dp[r][j] for RB columns starting at k.
+template <typename T, int RB>
+WSC_ALWAYS_INLINE void basis_columns(const T* basis, int64_t K, int64_t rows, const T* dp, int64_t k,
+                                     const Block<T>& b, T* grad) {
+  constexpr int V = kLanes<T>;
+  T acc[RB][V];
+  for (int i = 0; i < RB; ++i)
+#pragma omp simd
+    for (int j = 0; j < V; ++j) acc[i][j] = T(0);
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* g = dp + r * V;
+    for (int i = 0; i < RB; ++i) {
+      const T v = basis[r * K + k + i];
+#pragma omp simd
+      for (int j = 0; j < V; ++j) acc[i][j] += v * g[j];
+    }
+  }
+  alignas(64) T done[RB][V];
+  for (int i = 0; i < RB; ++i)
+#pragma omp simd
+    for (int j = 0; j < V; ++j) done[i][j] = acc[i][j];
+  for (int64_t j = 0; j < b.S; ++j)
+    for (int i = 0; i < RB; ++i) grad[(b.n0 + j) * K + k + i] = done[i][j];
+}
+
+// Whole RB-blocks, then the remainder 4 and 1 at a time.
+template <int RB, typename F4, typename F1, typename FR>
+WSC_ALWAYS_INLINE void in_groups(int64_t count, FR&& rb, F4&& four, F1&& one) {
+  int64_t i = 0;
+  for (; i + RB <= count; i += RB) rb(i);
+  for (; i + 4 <= count; i += 4) four(i);
+  for (; i < count; ++i) one(i);
+}
+
+// Copy a (S, width) row-major slab starting at row n0 into lane-major (width, V), padding with 0.
+template <typename T>
+WSC_ALWAYS_INLINE void to_lanes(const T* src, int64_t width, const Block<T>& b, T* dst) {
+  constexpr int V = kLanes<T>;
+  if (b.S < V) std::fill(dst, dst + width * V, T(0));
+  for (int64_t j = 0; j < b.S; ++j) {
+    const T* s = src + (b.n0 + j) * width;
+    for (int64_t q = 0; q < width; ++q) dst[q * V + j] = s[q];
+  }
+}
+
+// Per-sample rotation and translation (padding lanes: identity pose).
+template <typename T>
+WSC_ALWAYS_INLINE void setup_poses(const Problem<T>& p, Block<T>& b) {
+  constexpr int V = kLanes<T>;
+  for (int j = 0; j < V; ++j) {
+    const bool real = j < b.S;
+    const T* a = p.angles + (b.n0 + j) * 3;
+    const T* t = p.translation + (b.n0 + j) * 3;
+    const EulerTrig<T> e = euler_trig<T>(real ? a[0] : T(0), real ? a[1] : T(0), real ? a[2] : T(0));
+    const T trig[6] = {e.sp, e.cp, e.sy, e.cy, e.sr, e.cr};
+    for (int i = 0; i < 6; ++i) b.trig[i][j] = trig[i];
+    T R[9];
+    rotation_matrix(e, R);
+    for (int i = 0; i < 9; ++i) b.R[i][j] = R[i];
+    b.tx[j] = real ? t[0] : T(0);
+    b.ty[j] = real ? t[1] : T(0);
+    b.tz[j] = real ? t[2] : T(0);
+  }
+}
+
+template <typename T>
+WSC_ALWAYS_INLINE void setup_targets_and_weights(const Problem<T>& p, Block<T>& b) {
+  constexpr int V = kLanes<T>;
+  const int64_t L = p.d.L;
+  to_lanes(p.target, 2 * L, b, b.target);
+  if (p.d.per_sample_weights) {
+    to_lanes(p.weights, L, b, b.weights);
+  } else {
+    for (int64_t l = 0; l < L; ++l)
+      for (int j = 0; j < V; ++j) b.weights[l * V + j] = j < b.S ? p.weights[l] : T(0);
+  }
+}
+
+// Camera-space point and projection of landmark l in lane j.
+template <typename T>
+struct Projected {
+  T px, py, pz, vx, vy, u, w, inv_depth;
+};
+template <typename T>
+WSC_ALWAYS_INLINE Projected<T> project_lane(const Problem<T>& p, const Block<T>& b, int64_t l, int j) {
+  constexpr int V = kLanes<T>;
+  Projected<T> q;
+  q.px = b.points[(3 * l) * V + j];
+  q.py = b.points[(3 * l + 1) * V + j];
+  q.pz = b.points[(3 * l + 2) * V + j];
+  const T R[9] = {b.R[0][j], b.R[1][j], b.R[2][j], b.R[3][j], b.R[4][j], b.R[5][j], b.R[6][j], b.R[7][j], b.R[8][j]};
+  T vz;
+  transform_point(R, b.tx[j], b.ty[j], b.tz[j], q.px, q.py, q.pz, q.vx, q.vy, vz);
+  project_point(q.vx, q.vy, vz, T(p.cam.focal), T(p.cam.cx), T(p.cam.cy), T(p.cam.distance), q.u, q.w, q.inv_depth);
+  return q;
+}
+
+template <int Norm, typename T>
+WSC_ALWAYS_INLINE void block_losses(const Problem<T>& p, const Block<T>& b) {
+  constexpr int V = kLanes<T>;
+  T weighted[V], weight_sum[V];
+#pragma omp simd
+  for (int j = 0; j < V; ++j) weighted[j] = weight_sum[j] = T(0);
+  for (int64_t l = 0; l < p.d.L; ++l) {
+#pragma omp simd
+    for (int j = 0; j < V; ++j) {
+      const Projected<T> q = project_lane(p, b, l, j);
+      const T d = landmark_distance<Norm>(q.u - b.target[(2 * l) * V + j], q.w - b.target[(2 * l + 1) * V + j]);
+      const T wt = b.weights[l * V + j];
+      weighted[j] += wt * d;
+      weight_sum[j] += wt;
+    }
+  }
+  alignas(64) T loss[V];
+#pragma omp simd
+  for (int j = 0; j < V; ++j) loss[j] = weighted[j] / weight_normaliser(weight_sum[j]);
+  std::memcpy(p.per_sample + b.n0, loss, static_cast<size_t>(b.S) * sizeof(T));
+}
+
+template <typename T, int RB>
+WSC_ALWAYS_INLINE void forward_block(const Problem<T>& p, int64_t n0) {
+  constexpr int V = kLanes<T>;
+  const int64_t L = p.d.L, rows = 3 * L, K = p.d.K_id + p.d.K_exp;
+  Scratch<T> scratch(static_cast<size_t>((rows + 3 * L + K) * V));
+  Block<T> b;
+  b.n0 = n0;
+  b.S = std::min<int64_t>(V, p.d.N - n0);
+  b.points = scratch.data();
+  b.target = b.points + rows * V;
+  b.weights = b.target + 2 * L * V;
+  b.coef = b.weights + L * V;
+  b.grads = nullptr;
+
+  // Coefficients lane-major, then the landmark rows: the only R*K work of the forward.
+  to_lanes(p.id_coeff, p.d.K_id, b, b.coef);
+  to_lanes(p.exp_coeff, p.d.K_exp, b, b.coef + p.d.K_id * V);
+  in_groups<RB>(
+      rows, [&](int64_t r) { basis_rows<T, RB>(p, b.coef, r, b.points); },
+      [&](int64_t r) { basis_rows<T, 4>(p, b.coef, r, b.points); },
+      [&](int64_t r) { basis_rows<T, 1>(p, b.coef, r, b.points); });
+  for (int64_t r = 0; r < rows; ++r)
+    std::memcpy(p.out_landmarks + r * p.d.N + n0, b.points + r * V, static_cast<size_t>(b.S) * sizeof(T));
+
+  setup_poses(p, b);
+  setup_targets_and_weights(p, b);
+  if (p.norm == kLandmarkL1) block_losses<kLandmarkL1>(p, b);
+  else block_losses<kLandmarkL2>(p, b);
+}
+
+// dL/dp per landmark (into b.grads), dL/dtarget, and per sample dL/dt and dL/dangles.
+template <int Norm, typename T>
+WSC_ALWAYS_INLINE void block_point_grads(const Problem<T>& p, Block<T>& b) {
+  constexpr int V = kLanes<T>;
+  const int64_t L = p.d.L;
+  T weight_sum[V], scale[V];
+#pragma omp simd
+  for (int j = 0; j < V; ++j) weight_sum[j] = T(0);
+  for (int64_t l = 0; l < L; ++l)
+#pragma omp simd
+    for (int j = 0; j < V; ++j) weight_sum[j] += b.weights[l * V + j];
+  for (int j = 0; j < V; ++j)
+    scale[j] = j < b.S ? sample_grad<T>(p.grad, b.n0 + j, p.d.N, p.reduction) / weight_normaliser(weight_sum[j]) : T(0);
+  T gt[3][V], G[9][V];  // dL/dt and dL/dR = sum_l dL/dv_l p_l^T
+#pragma omp simd
+  for (int j = 0; j < V; ++j) {
+    for (int i = 0; i < 3; ++i) gt[i][j] = T(0);
+    for (int i = 0; i < 9; ++i) G[i][j] = T(0);
+  }
+  T* grad_target = b.coef;
+  for (int64_t l = 0; l < L; ++l) {
+#pragma omp simd
+    for (int j = 0; j < V; ++j) {
+      const Projected<T> q = project_lane(p, b, l, j);
+      T g_du, g_dw;
+      landmark_distance_grad<Norm>(q.u - b.target[(2 * l) * V + j], q.w - b.target[(2 * l + 1) * V + j], g_du, g_dw);
+      const T s = scale[j] * b.weights[l * V + j];
+      const T gu = s * g_du, gw = s * g_dw;
+      grad_target[(2 * l) * V + j] = -gu;
+      grad_target[(2 * l + 1) * V + j] = -gw;
+      T gx, gy, gz;
+      project_point_vjp(q.vx, q.vy, q.inv_depth, T(p.cam.focal), gu, gw, gx, gy, gz);
+      gt[0][j] += gx; gt[1][j] += gy; gt[2][j] += gz;
+      G[0][j] += gx * q.px; G[1][j] += gx * q.py; G[2][j] += gx * q.pz;
+      G[3][j] += gy * q.px; G[4][j] += gy * q.py; G[5][j] += gy * q.pz;
+      G[6][j] += gz * q.px; G[7][j] += gz * q.py; G[8][j] += gz * q.pz;
+      // dL/dp = R^T dL/dv
+      b.grads[(3 * l) * V + j] = b.R[0][j] * gx + b.R[3][j] * gy + b.R[6][j] * gz;
+      b.grads[(3 * l + 1) * V + j] = b.R[1][j] * gx + b.R[4][j] * gy + b.R[7][j] * gz;
+      b.grads[(3 * l + 2) * V + j] = b.R[2][j] * gx + b.R[5][j] * gy + b.R[8][j] * gz;
+    }
+  }
+  alignas(64) T pose_grad[6][V];  // dL/d(pitch, yaw, roll), dL/dt
+#pragma omp simd
+  for (int j = 0; j < V; ++j) {
+    const T Gj[9] = {G[0][j], G[1][j], G[2][j], G[3][j], G[4][j], G[5][j], G[6][j], G[7][j], G[8][j]};
+    rotation_angle_grads(b.trig_lane(j), Gj, pose_grad[0][j], pose_grad[1][j], pose_grad[2][j]);
+    for (int i = 0; i < 3; ++i) pose_grad[3 + i][j] = gt[i][j];
+  }
+  for (int64_t j = 0; j < b.S; ++j) {
+    const int64_t n = b.n0 + j;
+    for (int i = 0; i < 3; ++i) {
+      p.grad_angles[n * 3 + i] = pose_grad[i][j];
+      p.grad_translation[n * 3 + i] = pose_grad[3 + i][j];
+    }
+    if (p.grad_target)
+      for (int64_t q = 0; q < 2 * L; ++q) p.grad_target[n * 2 * L + q] = grad_target[q * V + j];
+  }
+}
+
+template <typename T, int RB>
+WSC_ALWAYS_INLINE void backward_block(const Problem<T>& p, int64_t n0) {
+  constexpr int V = kLanes<T>;
+  const int64_t L = p.d.L, rows = 3 * L;
+  Scratch<T> scratch(static_cast<size_t>((2 * rows + 5 * L) * V));
+  Block<T> b;
+  b.n0 = n0;
+  b.S = std::min<int64_t>(V, p.d.N - n0);
+  b.points = scratch.data();
+  b.grads = b.points + rows * V;
+  b.target = b.grads + rows * V;
+  b.weights = b.target + 2 * L * V;
+  b.coef = b.weights + L * V;
+
+  if (b.S < V) std::fill(b.points, b.points + rows * V, T(0));
+  for (int64_t r = 0; r < rows; ++r)
+    std::memcpy(b.points + r * V, p.landmarks + r * p.d.N + n0, static_cast<size_t>(b.S) * sizeof(T));
+  setup_poses(p, b);
+  setup_targets_and_weights(p, b);
+  if (p.norm == kLandmarkL1) block_point_grads<kLandmarkL1>(p, b);
+  else block_point_grads<kLandmarkL2>(p, b);
+
+  // dL/dcoeff = basis^T dL/dp: the only R*K work of the backward.
+  const auto columns = [&](const T* basis, int64_t K, T* grad) {
+    if (!grad) return;
+    in_groups<RB>(
+        K, [&](int64_t k) { basis_columns<T, RB>(basis, K, rows, b.grads, k, b, grad); },
+        [&](int64_t k) { basis_columns<T, 4>(basis, K, rows, b.grads, k, b, grad); },
+        [&](int64_t k) { basis_columns<T, 1>(basis, K, rows, b.grads, k, b, grad); });
+  };
+  columns(p.id_basis, p.d.K_id, p.grad_id);
+  columns(p.exp_basis, p.d.K_exp, p.grad_exp);
+}
+
+// One block function per instruction set; RB accumulators of RB x 64 bytes fit its registers
+// (AVX-512: 32 zmm, AVX2: 16 ymm holding 2 per row, SSE2: 16 xmm holding 4 per row).
+template <typename T>
+using BlockFn = void (*)(const Problem<T>&, int64_t);
+
+#if defined(WSC_X86_DISPATCH)
+template <typename T> WSC_TARGET_AVX512 void forward_block_avx512(const Problem<T>& p, int64_t n0) { forward_block<T, 12>(p, n0); }
+template <typename T> WSC_TARGET_AVX2 void forward_block_avx2(const Problem<T>& p, int64_t n0) { forward_block<T, 6>(p, n0); }
+template <typename T> WSC_TARGET_AVX512 void backward_block_avx512(const Problem<T>& p, int64_t n0) { backward_block<T, 12>(p, n0); }
+template <typename T> WSC_TARGET_AVX2 void backward_block_avx2(const Problem<T>& p, int64_t n0) { backward_block<T, 6>(p, n0); }
+#endif
+template <typename T> void forward_block_baseline(const Problem<T>& p, int64_t n0) { forward_block<T, 4>(p, n0); }
+template <typename T> void backward_block_baseline(const Problem<T>& p, int64_t n0) { backward_block<T, 4>(p, n0); }
+
+enum class Isa { kBaseline, kAvx2, kAvx512 };
+
+Isa detect_isa() {
+#if defined(WSC_X86_DISPATCH)
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bw") &&
+      __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("fma"))
+    return Isa::kAvx512;
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return Isa::kAvx2;
+#endif
+  return Isa::kBaseline;
+}
+
+const Isa kIsa = detect_isa();
+
+template <typename T>
+BlockFn<T> forward_fn() {
+#if defined(WSC_X86_DISPATCH)
+  if (kIsa == Isa::kAvx512) return forward_block_avx512<T>;
+  if (kIsa == Isa::kAvx2) return forward_block_avx2<T>;
+#endif
+  return forward_block_baseline<T>;
+}
+template <typename T>
+BlockFn<T> backward_fn() {
+#if defined(WSC_X86_DISPATCH)
+  if (kIsa == Isa::kAvx512) return backward_block_avx512<T>;
+  if (kIsa == Isa::kAvx2) return backward_block_avx2<T>;
+#endif
+  return backward_block_baseline<T>;
+}
+
+// Below ~64k multiply-adds a parallel region costs more than it saves (and stalls when the other
+// core is busy), so small calls run on the calling thread.
+constexpr int64_t kParallelMin = 1 << 16;
+
+template <typename T>
+void for_each_block(const Problem<T>& p, BlockFn<T> fn) {
+  constexpr int V = kLanes<T>;
+  const int64_t blocks = (p.d.N + V - 1) / V;
+  const int64_t work = p.d.N * 3 * p.d.L * (p.d.K_id + p.d.K_exp + 16);
+#pragma omp parallel for schedule(static) if (blocks > 1 && work >= kParallelMin)
+  for (int64_t blk = 0; blk < blocks; ++blk) fn(p, blk * V);
+}
+
+}  // namespace
+
+template <typename T>
+void landmark_loss_forward_cpu(const LandmarkLossDims& dims, const LandmarkCamera& camera, int norm,
+                               int reduction, const T* id_coeff, const T* exp_coeff, const T* angles,
+                               const T* translation, const T* target, const T* weights, const T* mean,
+                               const T* id_basis, const T* exp_basis, T* landmarks, T* per_sample, T* loss) {
+  Problem<T> p{};
+  p.d = dims;
+  p.cam = camera;
+  p.norm = norm;
+  p.reduction = reduction;
+  p.id_coeff = id_coeff; p.exp_coeff = exp_coeff; p.angles = angles; p.translation = translation;
+  p.target = target; p.weights = weights; p.mean = mean; p.id_basis = id_basis; p.exp_basis = exp_basis;
+  p.out_landmarks = landmarks;
+  p.per_sample = per_sample;
+  for_each_block(p, forward_fn<T>());
+  if (reduction != kReduceNone) {
+    T total = T(0);  // in sample order: the same result on any thread count
+    for (int64_t n = 0; n < dims.N; ++n) total += per_sample[n];
+    // The mean of no samples is NaN, as torch.mean's.
+    loss[0] = reduction == kReduceMean ? total / static_cast<T>(dims.N) : total;
+  }
+}
+
+template <typename T>
+void landmark_loss_backward_cpu(const LandmarkLossDims& dims, const LandmarkCamera& camera, int norm,
+                                int reduction, const T* grad, const T* landmarks, const T* angles,
+                                const T* translation, const T* target, const T* weights, const T* id_basis,
+                                const T* exp_basis, T* grad_id, T* grad_exp, T* grad_angles,
+                                T* grad_translation, T* grad_target) {
+  Problem<T> p{};
+  p.d = dims;
+  p.cam = camera;
+  p.norm = norm;
+  p.reduction = reduction;
+  p.grad = grad; p.landmarks = landmarks; p.angles = angles; p.translation = translation;
+  p.target = target; p.weights = weights; p.id_basis = id_basis; p.exp_basis = exp_basis;
+  p.grad_id = grad_id; p.grad_exp = grad_exp; p.grad_angles = grad_angles;
+  p.grad_translation = grad_translation; p.grad_target = grad_target;
+  for_each_block(p, backward_fn<T>());
+}
+
+#define WSC_INSTANTIATE(T)                                                                                  \
+  template void landmark_loss_forward_cpu<T>(const LandmarkLossDims&, const LandmarkCamera&, int, int,       \
+                                             const T*, const T*, const T*, const T*, const T*, const T*,     \
+                                             const T*, const T*, const T*, T*, T*, T*);                      \
+  template void landmark_loss_backward_cpu<T>(const LandmarkLossDims&, const LandmarkCamera&, int, int,      \
+                                              const T*, const T*, const T*, const T*, const T*, const T*,    \
+                                              const T*, const T*, T*, T*, T*, T*, T*);
+WSC_INSTANTIATE(float)
+WSC_INSTANTIATE(double)
+#undef WSC_INSTANTIATE
+
+}  // namespace wsc

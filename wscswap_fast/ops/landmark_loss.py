@@ -1,0 +1,382 @@
+"""Fused 3DMM landmark loss: coefficients -> only the landmark vertices -> pose -> perspective
+projection -> weighted L2 or L1 distance to 2-D targets, with a fused backward.
+
+Backends: cpu (C++, OpenMP over blocks of samples), cuda (one thread block per sample), triton
+(one program per sample), reference (plain PyTorch). float32 everywhere; float64 on cpu and
+reference (for gradcheck). No fp16/bf16: the projection divides by depth and the loss subtracts
+pixel positions of ~100 from one another, which half precision cannot resolve.
+
+Conventions (those of :mod:`wscswap_fast.models.camera`, Deep3DFaceRecon's), per sample n and
+landmark l:
+
+    p_l = landmark_mean_l + landmark_id_basis_l @ id_coeff_n + landmark_exp_basis_l @ exp_coeff_n
+    v_l = R p_l + t,   R = Rz(roll) @ Ry(yaw) @ Rx(pitch),  (pitch, yaw, roll) = angles_n, t = translation_n
+    Zc = camera_distance - v_l.z,  u_l = cx + focal * v_l.x / Zc,  w_l = cy - focal * v_l.y / Zc
+    d_l = (u_l - target_l.x)^2 + (w_l - target_l.y)^2      (norm='l2', squared pixel distance)
+        = |u_l - target_l.x| + |w_l - target_l.y|          (norm='l1')
+    loss_n = sum_l weight_nl d_l / max(sum_l weight_nl, 1e-12)
+
+then ``reduction`` over the batch: 'mean' (default), 'sum' or 'none' (the (N,) losses). A
+sample whose weights are all 0 has loss 0. Landmarks at or behind the camera (Zc <= 0) have no
+meaningful projection; nothing checks for them.
+
+Gradients flow to id_coeff, exp_coeff, angles, translation and target. weights and the model
+rows are constants: passing them with requires_grad raises instead of silently dropping their
+gradient.
+
+Work, R = 3L rows, K = K_id + K_exp: forward R*K multiply-adds per sample for the landmark rows
+plus ~40 flops per landmark; backward ~80 flops per landmark plus R*K for basis^T @ dL/dp.
+The forward saves only the rest-pose landmarks p, (L, 3, N), besides references to its inputs,
+so the backward never forms them again. For a BFM-sized model (L=68, K=80+64) that is 59k
+multiply-adds per sample, forward and backward together, against 2 x 35709*3*144 = 31M for the
+full mesh and its gradient.
+
+The reference backend builds the full mesh and indexes it when given ``full_model=(mean_shape
+(V,3), id_basis (V,3,K_id), exp_basis (V,3,K_exp), landmark_indices (L,) int64)``; without it,
+it uses the gathered landmark rows like the other backends. ``full_model`` is for the reference
+only (the fast backends never touch the full mesh): with another backend it raises.
+"""
+import torch
+
+from .._ext import extension
+from ..models.camera import perspective, rotation_matrix
+from . import _checks
+from ._backends import cuda_stream, on_device, resolve
+
+NORMS = ("l2", "l1")
+REDUCTIONS = ("mean", "sum", "none")
+_NORM_CODE = {"l2": 0, "l1": 1}  # kernels/landmark_loss.h
+_REDUCTION_CODE = {"none": 0, "mean": 1, "sum": 2}
+FLOAT_DTYPES = (torch.float32, torch.float64)
+SUPPORTED = {"cpu": FLOAT_DTYPES, "reference": FLOAT_DTYPES, "*": (torch.float32,)}
+WEIGHT_FLOOR = 1e-12
+
+
+# ---------------------------------------------------------------------------------------------
+# The plain-PyTorch definition (the reference backend, and what every backend is tested against)
+# ---------------------------------------------------------------------------------------------
+
+def rest_landmarks(id_coeff, exp_coeff, landmark_mean, landmark_id_basis, landmark_exp_basis, full_model=None):
+    """(N, L, 3) landmark vertices before the pose: from the full mesh when ``full_model`` is given."""
+    if full_model is not None:
+        mean_shape, id_basis, exp_basis, landmark_indices = full_model
+        mesh = (mean_shape + torch.einsum("vck,nk->nvc", id_basis, id_coeff)
+                + torch.einsum("vck,nk->nvc", exp_basis, exp_coeff))
+        return mesh[:, landmark_indices]
+    return (landmark_mean + torch.einsum("lck,nk->nlc", landmark_id_basis, id_coeff)
+            + torch.einsum("lck,nk->nlc", landmark_exp_basis, exp_coeff))
+
+
+def _per_sample_weights(weights, n):
+    return weights.expand(n, -1) if weights.dim() == 1 else weights
+
+
+def _reduce(per_sample, reduction):
+    if reduction == "mean":
+        return per_sample.mean()
+    return per_sample.sum() if reduction == "sum" else per_sample
+
+
+def reference(id_coeff, exp_coeff, angles, translation, target, weights, landmark_mean, landmark_id_basis,
+              landmark_exp_basis, *, focal, cx, cy, camera_distance=10.0, norm="l2", reduction="mean",
+              full_model=None):
+    """landmark_loss in plain PyTorch (differentiable by autograd in every input)."""
+    points = rest_landmarks(id_coeff, exp_coeff, landmark_mean, landmark_id_basis, landmark_exp_basis, full_model)
+    camera_points = points @ rotation_matrix(angles).transpose(1, 2) + translation[:, None, :]
+    diff = perspective(camera_points, focal, cx, cy, camera_distance) - target
+    d = (diff * diff).sum(-1) if norm == "l2" else diff.abs().sum(-1)
+    w = _per_sample_weights(weights, id_coeff.shape[0])
+    return _reduce((w * d).sum(1) / w.sum(1).clamp_min(WEIGHT_FLOOR), reduction)
+
+
+def rotation_derivatives(angles):
+    """(N, 3) -> (N, 3, 3, 3): dR/dpitch, dR/dyaw, dR/droll of R = Rz(roll) Ry(yaw) Rx(pitch),
+    from the derivatives of the three factors."""
+    c, s = torch.cos(angles), torch.sin(angles)
+    zero, one = torch.zeros_like(c[:, 0]), torch.ones_like(c[:, 0])
+
+    def mat(*entries):
+        return torch.stack(entries, dim=1).reshape(-1, 3, 3)
+
+    (cp, cy, cr), (sp, sy, sr) = c.unbind(1), s.unbind(1)
+    rx, drx = mat(one, zero, zero, zero, cp, -sp, zero, sp, cp), mat(zero, zero, zero, zero, -sp, -cp, zero, cp, -sp)
+    ry, dry = mat(cy, zero, sy, zero, one, zero, -sy, zero, cy), mat(-sy, zero, cy, zero, zero, zero, -cy, zero, -sy)
+    rz, drz = mat(cr, -sr, zero, sr, cr, zero, zero, zero, one), mat(-sr, -cr, zero, cr, -sr, zero, zero, zero, zero)
+    return torch.stack([rz @ ry @ drx, rz @ dry @ rx, drz @ ry @ rx], dim=1)
+
+
+def reference_backward(grad, id_coeff, exp_coeff, angles, translation, target, weights, landmark_mean,
+                       landmark_id_basis, landmark_exp_basis, *, focal, cx, cy, camera_distance=10.0, norm="l2",
+                       reduction="mean", full_model=None):
+    """The gradients (id_coeff, exp_coeff, angles, translation, target) of ``reference``, written out
+    in plain PyTorch: the chain the fused kernels follow, checked against autograd in the tests."""
+    n = id_coeff.shape[0]
+    points = rest_landmarks(id_coeff, exp_coeff, landmark_mean, landmark_id_basis, landmark_exp_basis, full_model)
+    rot = rotation_matrix(angles)
+    v = points @ rot.transpose(1, 2) + translation[:, None, :]
+    inv_depth = 1.0 / (camera_distance - v[..., 2])
+    uv = perspective(v, focal, cx, cy, camera_distance)
+    diff = uv - target
+    g_diff = 2 * diff if norm == "l2" else torch.sign(diff)
+    w = _per_sample_weights(weights, n)
+    if reduction == "none":
+        g_sample = grad
+    else:
+        g_sample = (grad / n if reduction == "mean" else grad).expand(n)
+    g_uv = g_diff * ((g_sample / w.sum(1).clamp_min(WEIGHT_FLOOR))[:, None] * w)[..., None]
+    gx = g_uv[..., 0] * focal * inv_depth
+    gy = -g_uv[..., 1] * focal * inv_depth
+    gz = (gx * v[..., 0] + gy * v[..., 1]) * inv_depth
+    g_v = torch.stack([gx, gy, gz], dim=-1)                      # (N, L, 3)
+    g_rot = g_v.transpose(1, 2) @ points                         # dL/dR = sum_l g_v p^T
+    grad_angles = (rotation_derivatives(angles) * g_rot[:, None]).sum((-1, -2))
+    g_points = g_v @ rot                                         # R^T g_v per landmark
+    if full_model is not None:
+        mean_shape, id_basis, exp_basis, landmark_indices = full_model
+        g_mesh = torch.zeros((n,) + tuple(mean_shape.shape), dtype=g_points.dtype, device=g_points.device)
+        g_mesh.index_add_(1, landmark_indices, g_points)
+        grad_id = torch.einsum("vck,nvc->nk", id_basis, g_mesh)
+        grad_exp = torch.einsum("vck,nvc->nk", exp_basis, g_mesh)
+    else:
+        grad_id = torch.einsum("lck,nlc->nk", landmark_id_basis, g_points)
+        grad_exp = torch.einsum("lck,nlc->nk", landmark_exp_basis, g_points)
+    return grad_id, grad_exp, grad_angles, g_v.sum(1), -g_uv
+
+
+# ---------------------------------------------------------------------------------------------
+# Argument checks: once, here; every backend relies on them
+# ---------------------------------------------------------------------------------------------
+
+_ARGS = ("id_coeff", "exp_coeff", "angles", "translation", "target", "weights", "landmark_mean",
+         "landmark_id_basis", "landmark_exp_basis")
+_CONSTANT_ARGS = ("weights", "landmark_mean", "landmark_id_basis", "landmark_exp_basis")
+
+
+def _check_full_model(full_model, ref, num_landmarks, k_id, k_exp):
+    if not isinstance(full_model, (tuple, list)) or len(full_model) != 4:
+        raise TypeError("full_model must be a tuple (mean_shape (V,3), id_basis (V,3,K_id), exp_basis (V,3,K_exp), "
+                        f"landmark_indices (L,) int64), got {_checks.describe(full_model)}")
+    mean_shape, id_basis, exp_basis, indices = full_model
+    names = ("full_model mean_shape", "full_model id_basis", "full_model exp_basis", "full_model landmark_indices")
+    for name, t in zip(names[:3], full_model[:3]):
+        _checks.tensor(name, t, dtypes=(ref.dtype,), device=ref.device)
+    _checks.tensor(names[3], indices, dtypes=(torch.int64,), device=ref.device)
+    v = mean_shape.shape[0] if mean_shape.dim() == 2 else None
+    _checks.shape(names[0], mean_shape, (v, 3), "(V,3)")
+    _checks.shape(names[1], id_basis, (v, 3, k_id), "(V,3,K_id), K_id as landmark_id_basis")
+    _checks.shape(names[2], exp_basis, (v, 3, k_exp), "(V,3,K_exp), K_exp as landmark_exp_basis")
+    _checks.shape(names[3], indices, (num_landmarks,), "(L,), one vertex per landmark")
+    if indices.numel() and not bool(((indices >= 0) & (indices < v)).all()):
+        raise ValueError(f"full_model landmark_indices must lie in [0, {v}), got values from "
+                         f"{int(indices.min())} to {int(indices.max())}")
+
+
+def check_inputs(id_coeff, exp_coeff, angles, translation, target, weights, landmark_mean, landmark_id_basis,
+                 landmark_exp_basis, focal, cx, cy, camera_distance, norm, reduction, full_model):
+    """Validate once, here: every backend may assume what this guarantees."""
+    args = (id_coeff, exp_coeff, angles, translation, target, weights, landmark_mean, landmark_id_basis,
+            landmark_exp_basis)
+    _checks.tensor("id_coeff", id_coeff, dims=2, dtypes=FLOAT_DTYPES)
+    dtype, device = id_coeff.dtype, id_coeff.device
+    for name, t in zip(_ARGS[1:], args[1:]):
+        _checks.tensor(name, t, device=device)
+        if t.dtype != dtype:
+            raise TypeError(f"{name} must have id_coeff's dtype {dtype}, got {_checks.describe(t)}")
+    n, k_id = id_coeff.shape
+    if landmark_mean.dim() != 2:
+        raise ValueError(f"landmark_mean must be 2-D (L,3), got {_checks.describe(landmark_mean)}")
+    num_landmarks = landmark_mean.shape[0]
+    _checks.shape("landmark_mean", landmark_mean, (num_landmarks, 3), "(L,3)")
+    _checks.shape("landmark_id_basis", landmark_id_basis, (num_landmarks, 3, k_id),
+                  "(L,3,K_id): L as landmark_mean, K_id as id_coeff")
+    k_exp = landmark_exp_basis.shape[2] if landmark_exp_basis.dim() == 3 else None
+    _checks.shape("landmark_exp_basis", landmark_exp_basis, (num_landmarks, 3, k_exp), "(L,3,K_exp): L as landmark_mean")
+    _checks.shape("exp_coeff", exp_coeff, (n, k_exp), "(N,K_exp): N as id_coeff, K_exp as landmark_exp_basis")
+    _checks.shape("angles", angles, (n, 3), "(N,3) (pitch, yaw, roll), N as id_coeff")
+    _checks.shape("translation", translation, (n, 3), "(N,3), N as id_coeff")
+    _checks.shape("target", target, (n, num_landmarks, 2), "(N,L,2): N as id_coeff, L as landmark_mean")
+    if weights.dim() == 1:
+        _checks.shape("weights", weights, (num_landmarks,), "(L,) or (N,L)")
+    else:
+        _checks.shape("weights", weights, (n, num_landmarks), "(L,) or (N,L)")
+    if torch.is_grad_enabled():
+        for name, t in zip(_ARGS[5:], args[5:]):
+            if t.requires_grad:
+                raise ValueError(f"{name} requires grad, but landmark_loss does not differentiate it (it is a "
+                                 "constant of the loss): pass it detached")
+    for name, value in (("focal", focal), ("cx", cx), ("cy", cy), ("camera_distance", camera_distance)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError(f"{name} must be a number, got {value!r}")
+    if norm not in _NORM_CODE:
+        raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+    if reduction not in _REDUCTION_CODE:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    if full_model is not None:
+        _check_full_model(full_model, id_coeff, num_landmarks, k_id, k_exp)
+
+
+# ---------------------------------------------------------------------------------------------
+# The custom ops: forward and backward, one kernel call each
+# ---------------------------------------------------------------------------------------------
+
+def _loss_shape(n, reduction):
+    return (n,) if reduction == "none" else ()
+
+
+def _forward(id_coeff, exp_coeff, angles, translation, target, weights, landmark_mean, landmark_id_basis,
+             landmark_exp_basis, full_model, camera, norm, reduction, backend):
+    if backend == "reference":
+        kw = dict(zip(("focal", "cx", "cy", "camera_distance"), camera), norm=norm, reduction=reduction)
+        points = rest_landmarks(id_coeff, exp_coeff, landmark_mean, landmark_id_basis, landmark_exp_basis, full_model)
+        loss = reference(id_coeff, exp_coeff, angles, translation, target, weights, landmark_mean,
+                         landmark_id_basis, landmark_exp_basis, full_model=full_model, **kw)
+        return loss, points.permute(1, 2, 0).contiguous()
+    device = id_coeff.device
+    with on_device(device):
+        if backend == "triton":
+            from ..triton import landmark_loss as triton_landmark_loss
+
+            return triton_landmark_loss.forward(id_coeff, exp_coeff, angles, translation, target, weights,
+                                                landmark_mean, landmark_id_basis, landmark_exp_basis, *camera,
+                                                _NORM_CODE[norm], _REDUCTION_CODE[reduction])
+        loss, landmarks = extension.landmark_loss_forward(
+            id_coeff, exp_coeff, angles, translation, target, weights, landmark_mean, landmark_id_basis,
+            landmark_exp_basis, *camera, _NORM_CODE[norm], _REDUCTION_CODE[reduction], cuda_stream(device))
+        return loss, landmarks
+
+
+def _backward(grad, landmarks, id_coeff, exp_coeff, angles, translation, target, weights, landmark_mean,
+              landmark_id_basis, landmark_exp_basis, full_model, camera, norm, reduction, needs, backend):
+    """needs: (id_coeff, exp_coeff, target) gradients wanted; the others come back as None."""
+    if backend == "reference":
+        kw = dict(zip(("focal", "cx", "cy", "camera_distance"), camera), norm=norm, reduction=reduction)
+        grads = list(reference_backward(grad, id_coeff, exp_coeff, angles, translation, target, weights,
+                                        landmark_mean, landmark_id_basis, landmark_exp_basis,
+                                        full_model=full_model, **kw))
+        for i, need in zip((0, 1, 4), needs):
+            if not need:
+                grads[i] = None
+        return grads
+    device = angles.device
+    with on_device(device):
+        if backend == "triton":
+            from ..triton import landmark_loss as triton_landmark_loss
+
+            return triton_landmark_loss.backward(grad, landmarks, angles, translation, target, weights,
+                                                 landmark_id_basis, landmark_exp_basis, *camera, _NORM_CODE[norm],
+                                                 _REDUCTION_CODE[reduction], *needs)
+        return extension.landmark_loss_backward(
+            grad, landmarks, angles, translation, target, weights, landmark_id_basis, landmark_exp_basis, *camera,
+            _NORM_CODE[norm], _REDUCTION_CODE[reduction], *needs, cuda_stream(device))
+
+
+@torch.library.custom_op("wscswap::landmark_loss", mutates_args=())
+def _landmark_loss_op(id_coeff: torch.Tensor, exp_coeff: torch.Tensor, angles: torch.Tensor,
+                      translation: torch.Tensor, target: torch.Tensor, weights: torch.Tensor,
+                      landmark_mean: torch.Tensor, landmark_id_basis: torch.Tensor, landmark_exp_basis: torch.Tensor,
+                      full_model: list[torch.Tensor], focal: float, cx: float, cy: float,
+                      camera_distance: float, norm: str, reduction: str,
+                      backend: str) -> tuple[torch.Tensor, torch.Tensor]:
+    return _forward(id_coeff, exp_coeff, angles, translation, target, weights, landmark_mean, landmark_id_basis,
+                    landmark_exp_basis, full_model or None, (focal, cx, cy, camera_distance), norm, reduction, backend)
+
+
+@_landmark_loss_op.register_fake
+def _(id_coeff, exp_coeff, angles, translation, target, weights, landmark_mean, landmark_id_basis,
+      landmark_exp_basis, full_model, focal, cx, cy, camera_distance, norm, reduction, backend):
+    n, num_landmarks = id_coeff.shape[0], landmark_mean.shape[0]
+    return id_coeff.new_empty(_loss_shape(n, reduction)), id_coeff.new_empty((num_landmarks, 3, n))
+
+
+@torch.library.custom_op("wscswap::landmark_loss_backward", mutates_args=())
+def _landmark_loss_backward_op(grad: torch.Tensor, landmarks: torch.Tensor, id_coeff: torch.Tensor,
+                               exp_coeff: torch.Tensor, angles: torch.Tensor, translation: torch.Tensor,
+                               target: torch.Tensor, weights: torch.Tensor, landmark_mean: torch.Tensor,
+                               landmark_id_basis: torch.Tensor, landmark_exp_basis: torch.Tensor,
+                               full_model: list[torch.Tensor], focal: float, cx: float, cy: float,
+                               camera_distance: float, norm: str, reduction: str, need_id: bool, need_exp: bool,
+                               need_target: bool, backend: str) -> list[torch.Tensor]:
+    """The gradients asked for, in the order id_coeff, exp_coeff, angles, translation, target
+    (angles and translation always; the others when need_* is set)."""
+    grads = _backward(grad, landmarks, id_coeff, exp_coeff, angles, translation, target, weights, landmark_mean,
+                      landmark_id_basis, landmark_exp_basis, full_model or None, (focal, cx, cy, camera_distance),
+                      norm, reduction, (need_id, need_exp, need_target), backend)
+    return [g for g in grads if g is not None]
+
+
+@_landmark_loss_backward_op.register_fake
+def _(grad, landmarks, id_coeff, exp_coeff, angles, translation, target, weights, landmark_mean, landmark_id_basis,
+      landmark_exp_basis, full_model, focal, cx, cy, camera_distance, norm, reduction, need_id, need_exp,
+      need_target, backend):
+    wanted = ((id_coeff, need_id), (exp_coeff, need_exp), (angles, True), (translation, True), (target, need_target))
+    return [torch.empty_like(t, memory_format=torch.contiguous_format) for t, need in wanted if need]
+
+
+def _setup_context(ctx, inputs, output):
+    (id_coeff, exp_coeff, angles, translation, target, weights, landmark_mean, landmark_id_basis, landmark_exp_basis,
+     full_model, focal, cx, cy, camera_distance, norm, reduction, backend) = inputs
+    ctx.mark_non_differentiable(output[1])
+    ctx.save_for_backward(output[1], id_coeff, exp_coeff, angles, translation, target, weights, landmark_mean,
+                          landmark_id_basis, landmark_exp_basis, *full_model)
+    ctx.settings = (focal, cx, cy, camera_distance, norm, reduction)
+    ctx.backend = backend
+
+
+def _autograd_backward(ctx, grad, _grad_landmarks):
+    saved = ctx.saved_tensors
+    need = ctx.needs_input_grad
+    wanted = (need[0], need[1], True, True, need[4])
+    grads = iter(_landmark_loss_backward_op(grad, *saved[:10], list(saved[10:]), *ctx.settings, need[0], need[1],
+                                            need[4], ctx.backend))
+    # One entry per input of the op; full_model is a list, so its entry is a list.
+    return (*(next(grads) if w else None for w in wanted), None, None, None, None, [None] * (len(saved) - 10),
+            *(None,) * 7)
+
+
+_landmark_loss_op.register_autograd(_autograd_backward, setup_context=_setup_context)
+
+
+@torch.compiler.assume_constant_result
+def _pick(backend: str, device: torch.device, dtype: torch.dtype) -> str:
+    return resolve("landmark_loss", backend, device, {"id_coeff": dtype}, SUPPORTED)
+
+
+def landmark_loss(id_coeff: torch.Tensor, exp_coeff: torch.Tensor, angles: torch.Tensor, translation: torch.Tensor,
+                  target: torch.Tensor, weights: torch.Tensor, landmark_mean: torch.Tensor,
+                  landmark_id_basis: torch.Tensor, landmark_exp_basis: torch.Tensor, *, focal: float, cx: float,
+                  cy: float, camera_distance: float = 10.0, norm: str = "l2", reduction: str = "mean",
+                  full_model=None, backend: str = "auto") -> torch.Tensor:
+    """Weighted 2-D landmark loss of a 3D morphable model, formed from the landmark rows only.
+
+    Args:
+        id_coeff: (N, K_id) identity coefficients.
+        exp_coeff: (N, K_exp) expression coefficients.
+        angles: (N, 3) (pitch, yaw, roll) in radians, R = Rz(roll) @ Ry(yaw) @ Rx(pitch).
+        translation: (N, 3), added after the rotation.
+        target: (N, L, 2) landmark positions in pixels (x right, y down).
+        weights: (L,) shared by the batch, or (N, L); non-negative. Not differentiated.
+        landmark_mean: (L, 3); landmark_id_basis: (L, 3, K_id); landmark_exp_basis: (L, 3, K_exp):
+            the model's landmark rows (MorphableModel.landmark_*). L is any count (68 for ibug).
+        focal, cx, cy, camera_distance: the perspective camera (pixels; camera at +z
+            camera_distance in model units, looking towards -z). Deep3DFaceRecon's 224 crops:
+            focal 1015, cx = cy = 112, camera_distance 10.
+        norm: 'l2' (squared pixel distance, default) or 'l1' (|du| + |dv|).
+        reduction: 'mean' (default) or 'sum' over the batch, or 'none' for the (N,) losses.
+        full_model: reference backend only: (mean_shape (V,3), id_basis (V,3,K_id), exp_basis
+            (V,3,K_exp), landmark_indices (L,) int64) to build the full mesh and index it.
+        backend: 'auto', 'cuda', 'triton', 'cpu' or 'reference' (default: WSCSWAP_BACKEND or 'auto').
+
+    Every tensor shares id_coeff's dtype (float32; float64 on cpu and reference) and device.
+    Returns the loss: a scalar, or (N,) for reduction='none'. Differentiable in id_coeff,
+    exp_coeff, angles, translation and target. See the module docstring for the formula.
+    """
+    check_inputs(id_coeff, exp_coeff, angles, translation, target, weights, landmark_mean, landmark_id_basis,
+                 landmark_exp_basis, focal, cx, cy, camera_distance, norm, reduction, full_model)
+    chosen = _pick(backend, id_coeff.device, id_coeff.dtype)
+    if full_model is not None and chosen != "reference":
+        raise ValueError(f"full_model is for the reference backend only, and this call runs on {chosen!r} "
+                         "(the fast backends use the gathered landmark rows): pass backend='reference'")
+    loss, _ = _landmark_loss_op(id_coeff, exp_coeff, angles, translation, target, weights, landmark_mean,
+                                landmark_id_basis, landmark_exp_basis, [] if full_model is None else list(full_model),
+                                float(focal), float(cx), float(cy), float(camera_distance), norm, reduction, chosen)
+    return loss
