@@ -170,3 +170,31 @@ def test_bad_eps():
     args, _ = _inputs((1, 3, 2, 2), torch.float32, "cpu", seed=8)
     with pytest.raises(ValueError, match="eps"):
         ain(*args, eps=0.0)
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+@pytest.mark.parametrize("shape", [(0, 3, 4, 4), (2, 0, 3, 3), (33, 2, 1, 1), (1, 2, 40, 50)], ids=str)
+def test_edge_shapes(backend, shape):
+    """No images, no channels (m = sigmoid(bias)), many images of one pixel, and a plane split
+    across many tiles."""
+    device = require(backend)
+    args, grads = _inputs(shape, torch.float32, device)
+    leaves = [a.detach().requires_grad_() for a in args]
+    out, m = ain(*leaves, return_mask=True, backend=backend)
+    got = torch.autograd.grad((out, m), leaves, tuple(grads))
+    ref_leaves = [a.detach().double().requires_grad_() for a in args]
+    want = torch.autograd.grad(reference(*ref_leaves), ref_leaves, tuple(g.double() for g in grads))
+    for name, a, b in zip(NAMES, got, want):
+        assert a.shape == b.shape and torch.isfinite(a).all(), name
+        torch.testing.assert_close(a.double(), b, rtol=1e-4, atol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+def test_backward_is_deterministic(backend):
+    device = require(backend)
+    args, grads = _inputs((2, 6, 33, 35), torch.float32, device)
+    leaves = [a.requires_grad_() for a in args]
+    runs = [torch.autograd.grad(ain(*leaves, return_mask=True, backend=backend), leaves, tuple(grads))
+            for _ in range(2)]
+    for a, b in zip(*runs):
+        assert torch.equal(a, b)
