@@ -107,7 +107,7 @@ def loss_from_ids(image, screen_vertices, triangles, vertex_colors, mask, tri_id
     covered = tri_id >= 0
     n_samples, height, width = tri_id.shape
     if triangles.shape[0]:
-        vidx = triangles.long()[tri_id.long().clamp_min(0)].reshape(n_samples, -1, 1).expand(-1, -1, 3)
+        vidx = triangles.long()[tri_id.long().clamp_min(0)].reshape(n_samples, height * width * 3, 1).expand(-1, -1, 3)
         colours = torch.gather(vertex_colors, 1, vidx).view(n_samples, height, width, 3, 3)
         rendered = (bary[..., None] * colours).sum(-2)  # (N,H,W,3)
     else:
@@ -165,7 +165,9 @@ def _photometric_backward_op(grad_loss: torch.Tensor, image: torch.Tensor, scree
                                                                          torch.Tensor]:
     """Gradients of screen_vertices, vertex_colors, image and mask; the last two are empty (0,)
     tensors unless asked for."""
-    empty = image.new_empty((0,))
+    def empty():  # a fresh one each time: custom-op outputs may not alias each other
+        return image.new_empty((0,))
+
     if backend == "reference":
         def per_sample(v, c, i, m):
             return loss_from_ids(i, v, triangles, c, m, tri_id, eps)[0]
@@ -173,8 +175,8 @@ def _photometric_backward_op(grad_loss: torch.Tensor, image: torch.Tensor, scree
         primals = (screen_vertices, vertex_colors, image) + ((mask,) if mask is not None else ())
         _, vjp = torch.func.vjp(lambda v, c, i, *m: per_sample(v, c, i, m[0] if m else None), *primals)
         grads = vjp(grad_loss)
-        grad_mask = grads[3] if (need_mask and mask is not None) else empty
-        return grads[0], grads[1], grads[2] if need_image else empty, grad_mask
+        grad_mask = grads[3] if (need_mask and mask is not None) else empty()
+        return grads[0], grads[1], grads[2] if need_image else empty(), grad_mask
     verts = screen_vertices.contiguous()
     grad_vertices, grad_colors = torch.empty_like(verts), torch.empty_like(verts)
     grad_image = torch.empty_like(image, memory_format=torch.contiguous_format) if need_image else None
@@ -185,18 +187,18 @@ def _photometric_backward_op(grad_loss: torch.Tensor, image: torch.Tensor, scree
                                        None if mask is None else mask.contiguous(), tri_id.contiguous(), loss, weight,
                                        eps, grad_vertices, grad_colors, grad_image, grad_mask,
                                        cuda_stream(verts.device))
-    return (grad_vertices, grad_colors, empty if grad_image is None else grad_image,
-            empty if grad_mask is None else grad_mask)
+    return (grad_vertices, grad_colors, empty() if grad_image is None else grad_image,
+            empty() if grad_mask is None else grad_mask)
 
 
 @_photometric_backward_op.register_fake
 def _(grad_loss, image, screen_vertices, triangles, vertex_colors, mask, tri_id, loss, weight, eps, backend,
       need_image, need_mask):
-    empty = image.new_empty((0,))
     return (torch.empty_like(screen_vertices, memory_format=torch.contiguous_format),
             torch.empty_like(vertex_colors, memory_format=torch.contiguous_format),
-            torch.empty_like(image, memory_format=torch.contiguous_format) if need_image else empty,
-            torch.empty_like(mask, memory_format=torch.contiguous_format) if need_mask and mask is not None else empty)
+            torch.empty_like(image, memory_format=torch.contiguous_format) if need_image else image.new_empty((0,)),
+            torch.empty_like(mask, memory_format=torch.contiguous_format) if need_mask and mask is not None
+            else image.new_empty((0,)))
 
 
 def _setup_context(ctx, inputs, output):

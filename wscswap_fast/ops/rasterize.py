@@ -185,7 +185,7 @@ def interpolate(screen_vertices: torch.Tensor, triangles: torch.Tensor, tri_id: 
         zeros = screen_vertices.new_zeros((n_samples, height, width))
         return zeros[..., None].expand(-1, -1, -1, 3) * 1, zeros
     vidx = triangles.long()[tri_id.long().clamp_min(0)]  # (N,H,W,3)
-    tv = torch.gather(screen_vertices, 1, vidx.reshape(n_samples, -1, 1).expand(-1, -1, 3))
+    tv = torch.gather(screen_vertices, 1, vidx.reshape(n_samples, height * width * 3, 1).expand(-1, -1, 3))
     tv = tv.view(n_samples, height, width, 3, 3)
     px, py = pixel_centres(height, width, dtype, screen_vertices.device)
     # Background pixels borrow a unit-area triangle so that no NaN reaches the gradients.
