@@ -73,12 +73,22 @@ class LandmarkFit:
                                 self.translation, self.focal, self.cx, self.cy, self.camera_distance)
 
 
+def gather_rows(model, vertex_indices):
+    """The rows of the mean and both bases for per-face vertices (N, L): (N, L, 3), (N, L, 3, K_id), (N, L, 3, K_exp)."""
+    return model.mean_shape[vertex_indices], model.id_basis[vertex_indices], model.exp_basis[vertex_indices]
+
+
+def project_rows(rows, id_coeff, exp_coeff, angles, translation, focal, cx, cy, camera_distance):
+    """Pixels (N, L, 2) of the vertices whose rows :func:`gather_rows` gathered."""
+    mean, id_rows, exp_rows = rows
+    shape = mean + torch.einsum("nlck,nk->nlc", id_rows, id_coeff) + torch.einsum("nlck,nk->nlc", exp_rows, exp_coeff)
+    return camera.perspective(camera.transform(shape, angles, translation), focal, cx, cy, camera_distance)
+
+
 def project_vertices(model, vertex_indices, id_coeff, exp_coeff, angles, translation, focal, cx, cy, camera_distance):
     """Pixels (N, L, 2) of per-face vertices ``vertex_indices`` (N, L), from those rows only."""
-    mean = model.mean_shape[vertex_indices]                       # (N, L, 3)
-    shape = (mean + torch.einsum("nlck,nk->nlc", model.id_basis[vertex_indices], id_coeff)
-             + torch.einsum("nlck,nk->nlc", model.exp_basis[vertex_indices], exp_coeff))
-    return camera.perspective(camera.transform(shape, angles, translation), focal, cx, cy, camera_distance)
+    return project_rows(gather_rows(model, vertex_indices), id_coeff, exp_coeff, angles, translation,
+                        focal, cx, cy, camera_distance)
 
 
 def _check(model, landmarks_2d, image_size, landmark_weights):
@@ -221,6 +231,7 @@ def fit_landmarks(model: MorphableModel, landmarks_2d: torch.Tensor, image_size,
         if contour_ids and step % contour_every == 0:
             with torch.no_grad():
                 vertex_indices = _contour_choice(model, sides, targets, *unpack(), cam)
+            contour_rows = gather_rows(model, vertex_indices[:, contour_ids])  # reused until the next choice
         for group in optimiser.param_groups:
             group["lr"] = learning_rate * 0.5 * (1 + math.cos(math.pi * step / steps))
         optimiser.zero_grad(set_to_none=True)
@@ -230,7 +241,7 @@ def fit_landmarks(model: MorphableModel, landmarks_2d: torch.Tensor, image_size,
                               model.landmark_id_basis, model.landmark_exp_basis, focal=focal, cx=cx, cy=cy,
                               camera_distance=camera_distance, norm="l2", reduction="none", backend=backend) * fixed_sum
         if contour_ids:
-            projected = project_vertices(model, vertex_indices[:, contour_ids], id_c, exp_c, ang, trans, *cam)
+            projected = project_rows(contour_rows, id_c, exp_c, ang, trans, *cam)
             total = total + (contour_weights * ((projected - targets[:, contour_ids]) ** 2).sum(-1)).sum(1)
         total = total + prior[0] * (id_c ** 2).sum(1) + prior[1] * (exp_c ** 2).sum(1)
         (total / count).sum().backward()
