@@ -270,70 +270,94 @@ def _backward(grad, landmarks, id_coeff, exp_coeff, angles, translation, target,
             _NORM_CODE[norm], _REDUCTION_CODE[reduction], *needs, cuda_stream(device))
 
 
-@torch.library.custom_op("wscswap::landmark_loss", mutates_args=())
-def _landmark_loss_op(id_coeff: torch.Tensor, exp_coeff: torch.Tensor, angles: torch.Tensor,
-                      translation: torch.Tensor, target: torch.Tensor, weights: torch.Tensor,
-                      landmark_mean: torch.Tensor, landmark_id_basis: torch.Tensor, landmark_exp_basis: torch.Tensor,
-                      full_model: list[torch.Tensor], focal: float, cx: float, cy: float,
-                      camera_distance: float, norm: str, reduction: str,
-                      backend: str) -> tuple[torch.Tensor, torch.Tensor]:
-    return _forward(id_coeff, exp_coeff, angles, translation, target, weights, landmark_mean, landmark_id_basis,
-                    landmark_exp_basis, full_model or None, (focal, cx, cy, camera_distance), norm, reduction, backend)
+# Two ops, forward and backward, stitched together by an autograd.Function. Not custom_op with
+# register_autograd: that wrapper costs ~200 us per call for an op with this many arguments
+# (torch/_library/autograd.py calls utils.fill_defaults, which rebuilds the schema's argument list
+# once per argument: quadratic in the argument count) and custom_op's own dispatch ~18 us against
+# ~4 us for an op defined with torch.library.Library; this op runs inside every training step and
+# its kernels take ~50 us. Both ops have fake implementations and the Function is traceable, so
+# torch.compile(fullgraph=True) keeps the whole loss in one graph.
+_lib = torch.library.Library("wscswap", "FRAGMENT")
+_TENSORS = ("Tensor id_coeff, Tensor exp_coeff, Tensor angles, Tensor translation, Tensor target, Tensor weights, "
+            "Tensor landmark_mean, Tensor landmark_id_basis, Tensor landmark_exp_basis, Tensor? mean_shape, "
+            "Tensor? id_basis, Tensor? exp_basis, Tensor? landmark_indices")
+_SETTINGS = "float focal, float cx, float cy, float camera_distance, str norm, str reduction"
+_lib.define(f"landmark_loss({_TENSORS}, {_SETTINGS}, str backend) -> (Tensor loss, Tensor landmarks)")
+_lib.define(f"landmark_loss_backward(Tensor grad, Tensor landmarks, {_TENSORS}, {_SETTINGS}, bool need_id, "
+            "bool need_exp, bool need_target, str backend) -> Tensor[]")
 
 
-@_landmark_loss_op.register_fake
-def _(id_coeff, exp_coeff, angles, translation, target, weights, landmark_mean, landmark_id_basis,
-      landmark_exp_basis, full_model, focal, cx, cy, camera_distance, norm, reduction, backend):
+def _full_model_arg(mean_shape, id_basis, exp_basis, landmark_indices):
+    return None if mean_shape is None else (mean_shape, id_basis, exp_basis, landmark_indices)
+
+
+def _forward_impl(id_coeff, exp_coeff, angles, translation, target, weights, landmark_mean, landmark_id_basis,
+                  landmark_exp_basis, mean_shape, id_basis, exp_basis, landmark_indices, focal, cx, cy,
+                  camera_distance, norm, reduction, backend):
+    return tuple(_forward(id_coeff, exp_coeff, angles, translation, target, weights, landmark_mean,
+                          landmark_id_basis, landmark_exp_basis,
+                          _full_model_arg(mean_shape, id_basis, exp_basis, landmark_indices),
+                          (focal, cx, cy, camera_distance), norm, reduction, backend))
+
+
+def _forward_fake(id_coeff, exp_coeff, angles, translation, target, weights, landmark_mean, landmark_id_basis,
+                  landmark_exp_basis, mean_shape, id_basis, exp_basis, landmark_indices, focal, cx, cy,
+                  camera_distance, norm, reduction, backend):
     n, num_landmarks = id_coeff.shape[0], landmark_mean.shape[0]
     return id_coeff.new_empty(_loss_shape(n, reduction)), id_coeff.new_empty((num_landmarks, 3, n))
 
 
-@torch.library.custom_op("wscswap::landmark_loss_backward", mutates_args=())
-def _landmark_loss_backward_op(grad: torch.Tensor, landmarks: torch.Tensor, id_coeff: torch.Tensor,
-                               exp_coeff: torch.Tensor, angles: torch.Tensor, translation: torch.Tensor,
-                               target: torch.Tensor, weights: torch.Tensor, landmark_mean: torch.Tensor,
-                               landmark_id_basis: torch.Tensor, landmark_exp_basis: torch.Tensor,
-                               full_model: list[torch.Tensor], focal: float, cx: float, cy: float,
-                               camera_distance: float, norm: str, reduction: str, need_id: bool, need_exp: bool,
-                               need_target: bool, backend: str) -> list[torch.Tensor]:
+def _backward_impl(grad, landmarks, id_coeff, exp_coeff, angles, translation, target, weights, landmark_mean,
+                   landmark_id_basis, landmark_exp_basis, mean_shape, id_basis, exp_basis, landmark_indices, focal,
+                   cx, cy, camera_distance, norm, reduction, need_id, need_exp, need_target, backend):
     """The gradients asked for, in the order id_coeff, exp_coeff, angles, translation, target
     (angles and translation always; the others when need_* is set)."""
     grads = _backward(grad, landmarks, id_coeff, exp_coeff, angles, translation, target, weights, landmark_mean,
-                      landmark_id_basis, landmark_exp_basis, full_model or None, (focal, cx, cy, camera_distance),
-                      norm, reduction, (need_id, need_exp, need_target), backend)
+                      landmark_id_basis, landmark_exp_basis,
+                      _full_model_arg(mean_shape, id_basis, exp_basis, landmark_indices),
+                      (focal, cx, cy, camera_distance), norm, reduction, (need_id, need_exp, need_target), backend)
     return [g for g in grads if g is not None]
 
 
-@_landmark_loss_backward_op.register_fake
-def _(grad, landmarks, id_coeff, exp_coeff, angles, translation, target, weights, landmark_mean, landmark_id_basis,
-      landmark_exp_basis, full_model, focal, cx, cy, camera_distance, norm, reduction, need_id, need_exp,
-      need_target, backend):
+def _backward_fake(grad, landmarks, id_coeff, exp_coeff, angles, translation, target, weights, landmark_mean,
+                   landmark_id_basis, landmark_exp_basis, mean_shape, id_basis, exp_basis, landmark_indices, focal,
+                   cx, cy, camera_distance, norm, reduction, need_id, need_exp, need_target, backend):
     wanted = ((id_coeff, need_id), (exp_coeff, need_exp), (angles, True), (translation, True), (target, need_target))
     return [torch.empty_like(t, memory_format=torch.contiguous_format) for t, need in wanted if need]
 
 
-def _setup_context(ctx, inputs, output):
-    (id_coeff, exp_coeff, angles, translation, target, weights, landmark_mean, landmark_id_basis, landmark_exp_basis,
-     full_model, focal, cx, cy, camera_distance, norm, reduction, backend) = inputs
-    ctx.mark_non_differentiable(output[1])
-    ctx.save_for_backward(output[1], id_coeff, exp_coeff, angles, translation, target, weights, landmark_mean,
-                          landmark_id_basis, landmark_exp_basis, *full_model)
-    ctx.settings = (focal, cx, cy, camera_distance, norm, reduction)
-    ctx.backend = backend
+_lib.impl("landmark_loss", _forward_impl, "CompositeExplicitAutograd")
+_lib.impl("landmark_loss_backward", _backward_impl, "CompositeExplicitAutograd")
+torch.library.register_fake("wscswap::landmark_loss", _forward_fake, lib=_lib)
+torch.library.register_fake("wscswap::landmark_loss_backward", _backward_fake, lib=_lib)
+_forward_op = torch.ops.wscswap.landmark_loss.default
+_backward_op = torch.ops.wscswap.landmark_loss_backward.default
 
 
-def _autograd_backward(ctx, grad, _grad_landmarks):
-    saved = ctx.saved_tensors
-    need = ctx.needs_input_grad
-    wanted = (need[0], need[1], True, True, need[4])
-    grads = iter(_landmark_loss_backward_op(grad, *saved[:10], list(saved[10:]), *ctx.settings, need[0], need[1],
-                                            need[4], ctx.backend))
-    # One entry per input of the op; full_model is a list, so its entry is a list.
-    return (*(next(grads) if w else None for w in wanted), None, None, None, None, [None] * (len(saved) - 10),
-            *(None,) * 7)
+class _LandmarkLoss(torch.autograd.Function):
+    """Differentiable in the first five inputs (the coefficients, pose and target)."""
 
+    @staticmethod
+    def forward(ctx, id_coeff, exp_coeff, angles, translation, target, weights, landmark_mean, landmark_id_basis,
+                landmark_exp_basis, full_model, settings, backend):
+        loss, landmarks = _forward_op(id_coeff, exp_coeff, angles, translation, target, weights, landmark_mean,
+                                      landmark_id_basis, landmark_exp_basis, *full_model, *settings, backend)
+        ctx.save_for_backward(landmarks, id_coeff, exp_coeff, angles, translation, target, weights, landmark_mean,
+                              landmark_id_basis, landmark_exp_basis, *full_model)
+        ctx.settings = settings
+        ctx.backend = backend
+        ctx.has_full_model = full_model[0] is not None
+        return loss
 
-_landmark_loss_op.register_autograd(_autograd_backward, setup_context=_setup_context)
+    @staticmethod
+    def backward(ctx, grad):
+        saved = ctx.saved_tensors
+        full_model = saved[10:] if ctx.has_full_model else (None,) * 4
+        need = ctx.needs_input_grad
+        grads = iter(_backward_op(grad, *saved[:10], *full_model, *ctx.settings, need[0], need[1], need[4],
+                                  ctx.backend))
+        wanted = (need[0], need[1], True, True, need[4])
+        return (*(next(grads) if w else None for w in wanted), None, None, None, None, None, None, None)
 
 
 @torch.compiler.assume_constant_result
@@ -376,7 +400,11 @@ def landmark_loss(id_coeff: torch.Tensor, exp_coeff: torch.Tensor, angles: torch
     if full_model is not None and chosen != "reference":
         raise ValueError(f"full_model is for the reference backend only, and this call runs on {chosen!r} "
                          "(the fast backends use the gathered landmark rows): pass backend='reference'")
-    loss, _ = _landmark_loss_op(id_coeff, exp_coeff, angles, translation, target, weights, landmark_mean,
-                                landmark_id_basis, landmark_exp_basis, [] if full_model is None else list(full_model),
-                                float(focal), float(cx), float(cy), float(camera_distance), norm, reduction, chosen)
-    return loss
+    settings = (float(focal), float(cx), float(cy), float(camera_distance), norm, reduction)
+    full = (None,) * 4 if full_model is None else tuple(full_model)
+    if torch.is_grad_enabled() and (id_coeff.requires_grad or exp_coeff.requires_grad or angles.requires_grad
+                                    or translation.requires_grad or target.requires_grad):
+        return _LandmarkLoss.apply(id_coeff, exp_coeff, angles, translation, target, weights, landmark_mean,
+                                   landmark_id_basis, landmark_exp_basis, full, settings, chosen)
+    return _forward_op(id_coeff, exp_coeff, angles, translation, target, weights, landmark_mean, landmark_id_basis,
+                       landmark_exp_basis, *full, *settings, chosen)[0]

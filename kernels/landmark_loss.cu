@@ -1,0 +1,272 @@
+// CUDA kernels for landmark_loss (math in landmark_loss.h). float32.
+//
+// One thread block per sample; the batch is the grid. Per sample, R = 3L rows, K = K_id + K_exp:
+//   forward:  the coefficients go to shared memory; each warp forms rows of p = mean + B c, its
+//             lanes striding over k (coalesced reads of a basis row) and a shuffle reduction,
+//             R*K multiply-adds; then one thread per landmark projects it and the block reduces
+//             the weighted distances to loss_n. p is written (L,3,N) for the backward.
+//   backward: one thread per landmark recomputes the projection from p, writes dL/dtarget and
+//             dL/dp = R^T dL/dv to shared memory, and the block reduces dL/dt and
+//             dL/dR = sum_l dL/dv_l p_l^T (12 values) for the angle gradients; then
+//             dL/dcoeff = B^T dL/dp: one thread per coefficient k, summing over the rows
+//             (consecutive threads read consecutive k of a row: coalesced), R*K multiply-adds.
+// The bases (R*K*4 bytes, 117 KB for BFM) are read by every block and stay in L2. Reductions
+// run in a fixed order, so results do not depend on scheduling. mean/sum over the batch is a
+// second, single-block kernel over the per-sample losses.
+#include <cuda_runtime.h>
+
+#include <stdexcept>
+#include <string>
+
+#include "landmark_loss.h"
+
+namespace wsc {
+namespace {
+
+constexpr int kThreads = 128;
+constexpr int kWarps = kThreads / 32;
+constexpr int kMaxSharedBytes = 48 * 1024;
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+  for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
+  return v;
+}
+
+// Sums NV per-thread values over the block; every thread gets the totals. scratch: kWarps*NV floats.
+template <int NV>
+__device__ __forceinline__ void block_sum(float (&v)[NV], float* scratch) {
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+#pragma unroll
+  for (int i = 0; i < NV; ++i) v[i] = warp_sum(v[i]);
+  if (lane == 0) {
+#pragma unroll
+    for (int i = 0; i < NV; ++i) scratch[warp * NV + i] = v[i];
+  }
+  __syncthreads();
+#pragma unroll
+  for (int i = 0; i < NV; ++i) {
+    float total = 0.f;
+    for (int w = 0; w < kWarps; ++w) total += scratch[w * NV + i];
+    v[i] = total;
+  }
+  __syncthreads();  // scratch may be reused
+}
+
+struct Pose {
+  EulerTrig<float> trig;
+  float R[9];
+  float tx, ty, tz;
+};
+
+__device__ __forceinline__ Pose load_pose(const float* angles, const float* translation, int64_t n) {
+  Pose p;
+  p.trig = euler_trig<float>(angles[n * 3], angles[n * 3 + 1], angles[n * 3 + 2]);
+  rotation_matrix(p.trig, p.R);
+  p.tx = translation[n * 3];
+  p.ty = translation[n * 3 + 1];
+  p.tz = translation[n * 3 + 2];
+  return p;
+}
+
+struct Args {
+  LandmarkLossDims d;
+  LandmarkCamera cam;
+  int norm, reduction;
+};
+
+template <int Norm>
+__global__ void __launch_bounds__(kThreads)
+forward_kernel(Args a, const float* __restrict__ id_coeff, const float* __restrict__ exp_coeff,
+               const float* __restrict__ angles, const float* __restrict__ translation,
+               const float* __restrict__ target, const float* __restrict__ weights,
+               const float* __restrict__ mean, const float* __restrict__ id_basis,
+               const float* __restrict__ exp_basis, float* __restrict__ landmarks, float* __restrict__ per_sample) {
+  extern __shared__ float shared[];
+  const int64_t N = a.d.N, L = a.d.L, Ki = a.d.K_id, Ke = a.d.K_exp, rows = 3 * L;
+  float* coef = shared;            // K_id + K_exp
+  float* points = coef + Ki + Ke;  // 3L
+  float* scratch = points + rows;  // kWarps * 2
+  const int64_t n = blockIdx.x;
+  for (int64_t k = threadIdx.x; k < Ki; k += kThreads) coef[k] = id_coeff[n * Ki + k];
+  for (int64_t k = threadIdx.x; k < Ke; k += kThreads) coef[Ki + k] = exp_coeff[n * Ke + k];
+  __syncthreads();
+
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  for (int64_t r = warp; r < rows; r += kWarps) {
+    float acc = 0.f;
+    for (int64_t k = lane; k < Ki; k += 32) acc += id_basis[r * Ki + k] * coef[k];
+    for (int64_t k = lane; k < Ke; k += 32) acc += exp_basis[r * Ke + k] * coef[Ki + k];
+    acc = warp_sum(acc);
+    if (lane == 0) {
+      points[r] = mean[r] + acc;
+      landmarks[r * N + n] = points[r];
+    }
+  }
+  __syncthreads();
+
+  const Pose pose = load_pose(angles, translation, n);
+  const float focal = static_cast<float>(a.cam.focal), cx = static_cast<float>(a.cam.cx);
+  const float cy = static_cast<float>(a.cam.cy), distance = static_cast<float>(a.cam.distance);
+  float sums[2] = {0.f, 0.f};  // sum w d, sum w
+  for (int64_t l = threadIdx.x; l < L; l += kThreads) {
+    float vx, vy, vz, u, w, inv_depth;
+    transform_point(pose.R, pose.tx, pose.ty, pose.tz, points[3 * l], points[3 * l + 1], points[3 * l + 2], vx, vy, vz);
+    project_point(vx, vy, vz, focal, cx, cy, distance, u, w, inv_depth);
+    const float d = landmark_distance<Norm>(u - target[(n * L + l) * 2], w - target[(n * L + l) * 2 + 1]);
+    const float wt = weights[(a.d.per_sample_weights ? n * L : 0) + l];
+    sums[0] += wt * d;
+    sums[1] += wt;
+  }
+  block_sum(sums, scratch);
+  if (threadIdx.x == 0) per_sample[n] = sums[0] / weight_normaliser(sums[1]);
+}
+
+// loss[0] = sum or mean of per_sample, in a fixed order.
+__global__ void __launch_bounds__(kThreads)
+reduce_kernel(const float* __restrict__ per_sample, int64_t N, int reduction, float* __restrict__ loss) {
+  __shared__ float scratch[kWarps];
+  float total[1] = {0.f};
+  for (int64_t n = threadIdx.x; n < N; n += kThreads) total[0] += per_sample[n];
+  block_sum(total, scratch);
+  if (threadIdx.x == 0) loss[0] = reduction == kReduceMean ? total[0] / static_cast<float>(N) : total[0];
+}
+
+template <int Norm>
+__global__ void __launch_bounds__(kThreads)
+backward_kernel(Args a, const float* __restrict__ grad, const float* __restrict__ landmarks,
+                const float* __restrict__ angles, const float* __restrict__ translation,
+                const float* __restrict__ target, const float* __restrict__ weights,
+                const float* __restrict__ id_basis, const float* __restrict__ exp_basis, float* __restrict__ grad_id,
+                float* __restrict__ grad_exp, float* __restrict__ grad_angles, float* __restrict__ grad_translation,
+                float* __restrict__ grad_target) {
+  extern __shared__ float shared[];
+  const int64_t N = a.d.N, L = a.d.L, Ki = a.d.K_id, Ke = a.d.K_exp, rows = 3 * L;
+  float* dp = shared;             // 3L: dL/dp
+  float* scratch = dp + rows;     // kWarps * 12
+  const int64_t n = blockIdx.x;
+  const float* w_row = weights + (a.d.per_sample_weights ? n * L : 0);
+
+  float weight_sum[1] = {0.f};
+  for (int64_t l = threadIdx.x; l < L; l += kThreads) weight_sum[0] += w_row[l];
+  block_sum(weight_sum, scratch);
+  const float scale = sample_grad<float>(grad, n, N, a.reduction) / weight_normaliser(weight_sum[0]);
+
+  const Pose pose = load_pose(angles, translation, n);
+  const float focal = static_cast<float>(a.cam.focal), cx = static_cast<float>(a.cam.cx);
+  const float cy = static_cast<float>(a.cam.cy), distance = static_cast<float>(a.cam.distance);
+  float acc[12];  // dL/dt (3), then dL/dR row-major (9)
+#pragma unroll
+  for (int i = 0; i < 12; ++i) acc[i] = 0.f;
+  for (int64_t l = threadIdx.x; l < L; l += kThreads) {
+    const float px = landmarks[(3 * l) * N + n], py = landmarks[(3 * l + 1) * N + n], pz = landmarks[(3 * l + 2) * N + n];
+    float vx, vy, vz, u, w, inv_depth;
+    transform_point(pose.R, pose.tx, pose.ty, pose.tz, px, py, pz, vx, vy, vz);
+    project_point(vx, vy, vz, focal, cx, cy, distance, u, w, inv_depth);
+    float g_du, g_dw;
+    landmark_distance_grad<Norm>(u - target[(n * L + l) * 2], w - target[(n * L + l) * 2 + 1], g_du, g_dw);
+    const float s = scale * w_row[l];
+    const float gu = s * g_du, gw = s * g_dw;
+    if (grad_target) {
+      grad_target[(n * L + l) * 2] = -gu;
+      grad_target[(n * L + l) * 2 + 1] = -gw;
+    }
+    float gx, gy, gz;
+    project_point_vjp(vx, vy, inv_depth, focal, gu, gw, gx, gy, gz);
+    acc[0] += gx; acc[1] += gy; acc[2] += gz;
+    acc[3] += gx * px; acc[4] += gx * py; acc[5] += gx * pz;
+    acc[6] += gy * px; acc[7] += gy * py; acc[8] += gy * pz;
+    acc[9] += gz * px; acc[10] += gz * py; acc[11] += gz * pz;
+    dp[3 * l] = pose.R[0] * gx + pose.R[3] * gy + pose.R[6] * gz;
+    dp[3 * l + 1] = pose.R[1] * gx + pose.R[4] * gy + pose.R[7] * gz;
+    dp[3 * l + 2] = pose.R[2] * gx + pose.R[5] * gy + pose.R[8] * gz;
+  }
+  block_sum(acc, scratch);  // also the barrier that publishes dp
+  if (threadIdx.x == 0) {
+    rotation_angle_grads(pose.trig, acc + 3, grad_angles[n * 3], grad_angles[n * 3 + 1], grad_angles[n * 3 + 2]);
+    for (int i = 0; i < 3; ++i) grad_translation[n * 3 + i] = acc[i];
+  }
+  if (grad_id)
+    for (int64_t k = threadIdx.x; k < Ki; k += kThreads) {
+      float g = 0.f;
+      for (int64_t r = 0; r < rows; ++r) g += id_basis[r * Ki + k] * dp[r];
+      grad_id[n * Ki + k] = g;
+    }
+  if (grad_exp)
+    for (int64_t k = threadIdx.x; k < Ke; k += kThreads) {
+      float g = 0.f;
+      for (int64_t r = 0; r < rows; ++r) g += exp_basis[r * Ke + k] * dp[r];
+      grad_exp[n * Ke + k] = g;
+    }
+}
+
+void check_launch(const char* what) {
+  const cudaError_t err = cudaGetLastError();
+  if (err != cudaSuccess) throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(err));
+}
+
+size_t shared_bytes(int64_t floats, const char* what) {
+  const int64_t bytes = floats * static_cast<int64_t>(sizeof(float));
+  if (bytes > kMaxSharedBytes)
+    throw std::runtime_error(std::string(what) + ": K_id + K_exp + 3L is too large for shared memory (" +
+                             std::to_string(bytes) + " bytes > " + std::to_string(kMaxSharedBytes) + ")");
+  return static_cast<size_t>(bytes);
+}
+
+void check_grid(int64_t N, const char* what) {
+  if (N > 2147483647LL) throw std::runtime_error(std::string(what) + ": batch larger than 2^31 - 1");
+}
+
+}  // namespace
+
+template <typename T>
+void landmark_loss_forward_cuda(const LandmarkLossDims& dims, const LandmarkCamera& camera, int norm,
+                                int reduction, const T* id_coeff, const T* exp_coeff, const T* angles,
+                                const T* translation, const T* target, const T* weights, const T* mean,
+                                const T* id_basis, const T* exp_basis, T* landmarks, T* per_sample, T* loss,
+                                void* stream) {
+  const auto s = static_cast<cudaStream_t>(stream);
+  const Args a{dims, camera, norm, reduction};
+  check_grid(dims.N, "landmark_loss_forward_cuda");
+  if (dims.N > 0) {
+    const size_t smem = shared_bytes(dims.K_id + dims.K_exp + 3 * dims.L + 2 * kWarps, "landmark_loss_forward_cuda");
+    const auto kernel = norm == kLandmarkL1 ? forward_kernel<kLandmarkL1> : forward_kernel<kLandmarkL2>;
+    kernel<<<static_cast<unsigned>(dims.N), kThreads, smem, s>>>(a, id_coeff, exp_coeff, angles, translation, target,
+                                                                 weights, mean, id_basis, exp_basis, landmarks,
+                                                                 per_sample);
+    check_launch("landmark_loss_forward_cuda");
+  }
+  if (reduction != kReduceNone) {
+    reduce_kernel<<<1, kThreads, 0, s>>>(per_sample, dims.N, reduction, loss);
+    check_launch("landmark_loss_forward_cuda (reduction)");
+  }
+}
+
+template <typename T>
+void landmark_loss_backward_cuda(const LandmarkLossDims& dims, const LandmarkCamera& camera, int norm,
+                                 int reduction, const T* grad, const T* landmarks, const T* angles,
+                                 const T* translation, const T* target, const T* weights, const T* id_basis,
+                                 const T* exp_basis, T* grad_id, T* grad_exp, T* grad_angles,
+                                 T* grad_translation, T* grad_target, void* stream) {
+  check_grid(dims.N, "landmark_loss_backward_cuda");
+  if (dims.N == 0) return;
+  const auto s = static_cast<cudaStream_t>(stream);
+  const Args a{dims, camera, norm, reduction};
+  const size_t smem = shared_bytes(3 * dims.L + 12 * kWarps, "landmark_loss_backward_cuda");
+  const auto kernel = norm == kLandmarkL1 ? backward_kernel<kLandmarkL1> : backward_kernel<kLandmarkL2>;
+  kernel<<<static_cast<unsigned>(dims.N), kThreads, smem, s>>>(a, grad, landmarks, angles, translation, target,
+                                                               weights, id_basis, exp_basis, grad_id, grad_exp,
+                                                               grad_angles, grad_translation, grad_target);
+  check_launch("landmark_loss_backward_cuda");
+}
+
+template void landmark_loss_forward_cuda<float>(const LandmarkLossDims&, const LandmarkCamera&, int, int,
+                                                const float*, const float*, const float*, const float*,
+                                                const float*, const float*, const float*, const float*,
+                                                const float*, float*, float*, float*, void*);
+template void landmark_loss_backward_cuda<float>(const LandmarkLossDims&, const LandmarkCamera&, int, int,
+                                                 const float*, const float*, const float*, const float*,
+                                                 const float*, const float*, const float*, const float*, float*,
+                                                 float*, float*, float*, float*, void*);
+
+}  // namespace wsc
