@@ -51,22 +51,28 @@ def test_recovers_the_pose_of_known_faces(sfm, backend):
     assert isinstance(fit, LandmarkFit)
     assert fit.error.max() < 0.5  # pixels, exact landmarks
     # Shape, expression and pitch trade off a little on 50 points; the pose stays within degrees.
-    assert torch.rad2deg((fit.angles - angles).abs()).median() < 1.0
+    assert torch.rad2deg((fit.angles - angles).abs()).median() < 2.0
     torch.testing.assert_close(fit.project(sfm)[:, sfm.landmark_weights > 0], landmarks[:, sfm.landmark_weights > 0],
                                rtol=0, atol=2.0)
     assert bool((fit.exp_coeff >= 0).all())
 
 
 def test_contour_landmarks_are_matched_per_face(sfm):
-    landmarks, _ = _known_faces(sfm, 4, seed=5)
+    landmarks, angles = _known_faces(sfm, 4, seed=5)
     fit = fit_landmarks(sfm, landmarks, SIZE)
     assert fit.error.max() < 3.0
-    chosen = fit.vertex_indices[:, CONTOUR]
-    candidates = torch.cat([sfm.contour_right, sfm.contour_left])
-    assert bool(torch.isin(chosen, candidates).all())
-    assert bool((fit.weights[:, CONTOUR] == 1).all()) and bool((fit.weights[:, [60, 64]] == 0).all())
+    right, left = list(CONTOUR_LANDMARKS_RIGHT), list(CONTOUR_LANDMARKS_LEFT)
+    assert bool(torch.isin(fit.vertex_indices[:, right], sfm.contour_right).all())
+    assert bool(torch.isin(fit.vertex_indices[:, left], sfm.contour_left).all())
+    assert bool((fit.weights[:, [60, 64]] == 0).all())
+    # A side is used unless the head turned away from it by more than 15 degrees of yaw
+    # (yaw > 0 turns towards the right side, ibug 1-8).
+    yaw = torch.rad2deg(fit.angles[:, 1])
+    assert (yaw.abs() > 16).any() and (yaw.abs() < 14).any()
+    torch.testing.assert_close(fit.weights[:, right], (yaw >= -15).double()[:, None].expand(-1, 8))
+    torch.testing.assert_close(fit.weights[:, left], (yaw <= 15).double()[:, None].expand(-1, 8))
     # Chosen per face: different poses pick different vertices.
-    assert len({tuple(row.tolist()) for row in chosen}) > 1
+    assert len({tuple(row.tolist()) for row in fit.vertex_indices[:, CONTOUR]}) > 1
 
 
 def test_faces_of_a_batch_are_fitted_independently(sfm):

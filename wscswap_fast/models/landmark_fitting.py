@@ -19,14 +19,16 @@ blendshapes no prior but fits them non-negative; ``nonnegative_expression`` does
     sum_l w_l |p_l - y_l|^2 / n + sigma^2 * (lambda_id |a_id|^2 + lambda_exp |a_exp|^2) / n
 
 Contour. The jaw contour (ibug 1-8, 10-17) has no fixed vertex in the Surrey model (weight 0
-there). Each contour landmark is matched, per face and re-chosen as the pose changes, to the
-model contour vertex of its side whose projection lies nearest to it, as eos's
-``get_nearest_contour_correspondences`` does. eos matches only the side facing the camera (both
-within 7.5 degrees of frontal yaw) and fits the far side to the mesh's occluding edges instead;
-matching both sides this way gave the lower reprojection error on the 38 real faces of the
-comparison (median contour error 3.0 px against 3.4 px with eos's side rule; bench/NOTES.md).
-These 16 points enter through a small plain-PyTorch term: each face has its own contour
-vertices, which the fused op's landmark rows, shared by the batch, cannot express.
+there). Each contour landmark is matched, per face and re-chosen every ``contour_every`` steps
+as the pose changes, to the model contour vertex of its side whose projection lies nearest to
+it, as eos's ``get_nearest_contour_correspondences`` does. A side is left out while the head
+has turned away from it by more than ``contour_yaw_limit`` degrees of yaw: there the detected
+outline is the far cheek, not the model's jaw contour. eos uses 7.5 degrees (and fits the far
+side to the mesh's occluding edges instead); 15 degrees agreed best with eos's angles on the 38
+real faces of the comparison, and keeping both sides always biased large yaws towards frontal
+by up to 16 degrees (bench/NOTES.md). These points enter through a small plain-PyTorch term:
+each face has its own contour vertices, which the fused op's landmark rows, shared by the
+batch, cannot express.
 """
 import dataclasses
 import math
@@ -40,6 +42,8 @@ from .morphable import CONTOUR_LANDMARKS_LEFT, CONTOUR_LANDMARKS_RIGHT, NUM_LAND
 SIGMA_SQUARED = 3.0
 LAMBDA_ID = 30.0
 LAMBDA_EXP = 30.0
+# Degrees of yaw away from a contour side beyond which its landmarks are left out (see above).
+CONTOUR_YAW_LIMIT = 15.0
 # Deep3DFaceRecon's camera (focal 1015 px for a 224 px crop at 1 m): about 12.6 degrees of view.
 FOCAL_PER_PIXEL = 1015.0 / 224.0
 
@@ -138,31 +142,38 @@ def _initial_pose(points, targets, weights, focal, cx, cy, camera_distance):
 
 
 def _contour_sides(model):
-    """[(contour landmark ids, candidate vertices)] for each side whose landmarks the model leaves
-    free (weight 0) and for which it lists contour vertices."""
+    """[(contour landmark ids, candidate vertices, +1 right / -1 left)] for each side whose landmarks
+    the model leaves free (weight 0) and for which it lists contour vertices."""
     sides = []
-    for ids, candidates in ((CONTOUR_LANDMARKS_RIGHT, model.contour_right), (CONTOUR_LANDMARKS_LEFT, model.contour_left)):
+    for ids, candidates, sign in ((CONTOUR_LANDMARKS_RIGHT, model.contour_right, 1.0),
+                                  (CONTOUR_LANDMARKS_LEFT, model.contour_left, -1.0)):
         free = [i for i in ids if model.landmark_weights[i] == 0]
         if free and candidates.numel():
-            sides.append((free, candidates))
+            sides.append((free, candidates, sign))
     return sides
 
 
-def _contour_choice(model, sides, landmarks_2d, id_coeff, exp_coeff, angles, translation, cam):
+def _contour_choice(model, sides, yaw_limit, landmarks_2d, id_coeff, exp_coeff, angles, translation, cam):
     """Per face, the contour vertex of the landmark's side whose projection lies nearest to each
-    free contour landmark: vertex indices (N, 68), the model's fixed ones elsewhere."""
+    free contour landmark: vertex indices (N, 68), the model's fixed ones elsewhere; and per free
+    contour landmark (N, C) whether its side is used: not turned away by more than yaw_limit."""
     n = landmarks_2d.shape[0]
     indices = model.landmark_indices.expand(n, -1).clone()
-    for ids, candidates in sides:
+    # yaw > 0 turns the head to the subject's left, towards its right side (ibug 1-8).
+    yaw = torch.rad2deg(angles[:, 1])
+    used = []
+    for ids, candidates, sign in sides:
         cand = candidates.expand(n, -1)
         projected = project_vertices(model, cand, id_coeff, exp_coeff, angles, translation, *cam)  # (N, C, 2)
         nearest = torch.cdist(landmarks_2d[:, ids], projected).argmin(dim=2)                         # (N, len(ids))
         indices[:, ids] = torch.gather(cand, 1, nearest)
-    return indices
+        used.append((sign * yaw >= -yaw_limit)[:, None].expand(-1, len(ids)))
+    return indices, torch.cat(used, dim=1).to(angles.dtype)
 
 
 def fit_landmarks(model: MorphableModel, landmarks_2d: torch.Tensor, image_size, *, landmark_weights=None,
                   steps: int = 300, learning_rate: float = 0.02, contour_every: int = 10,
+                  contour_yaw_limit: float = CONTOUR_YAW_LIMIT,
                   lambda_id: float = LAMBDA_ID, lambda_exp: float = LAMBDA_EXP, nonnegative_expression: bool = False,
                   focal=None, cx=None, cy=None, camera_distance=None, backend: str = "auto") -> LandmarkFit:
     """Fit identity, expression, angles and translation of ``model`` to ibug-68 landmarks.
@@ -176,6 +187,8 @@ def fit_landmarks(model: MorphableModel, landmarks_2d: torch.Tensor, image_size,
         steps, learning_rate: Adam steps and the first learning rate in the optimiser's units
             (radians for angles, about 1 cm for translation, standard deviations for coefficients).
         contour_every: steps between re-choices of the contour correspondences.
+        contour_yaw_limit: a contour side is left out while the head has turned away from it by
+            more than this many degrees of yaw (eos: 7.5; ``math.inf`` keeps both sides).
         lambda_id, lambda_exp: prior weights, eos's meaning (see the module docstring).
         nonnegative_expression: keep expression coefficients >= 0 (blendshape models such as the
             Surrey model's, which eos fits with non-negative least squares).
@@ -204,10 +217,8 @@ def fit_landmarks(model: MorphableModel, landmarks_2d: torch.Tensor, image_size,
                     else landmark_weights.to(device=device, dtype=dtype).expand(n, -1))
     fixed_weights = model.landmark_weights * user_weights   # the op's landmarks: 0 on the free contour
     sides = _contour_sides(model)
-    contour_ids = [i for ids, _ in sides for i in ids]
-    contour_weights = user_weights[:, contour_ids]
+    contour_ids = [i for ids, _, _ in sides for i in ids]
     weights = fixed_weights.clone()
-    weights[:, contour_ids] += contour_weights
 
     id_coeff = torch.zeros(n, model.num_id, dtype=dtype, device=device)
     exp_coeff = torch.zeros(n, model.num_exp, dtype=dtype, device=device)
@@ -221,7 +232,7 @@ def fit_landmarks(model: MorphableModel, landmarks_2d: torch.Tensor, image_size,
     optimiser = torch.optim.Adam(list(params.values()), lr=learning_rate)
     prior = SIGMA_SQUARED * torch.tensor([lambda_id, lambda_exp], dtype=dtype, device=device)
     fixed_sum = fixed_weights.sum(dim=1)
-    count = weights.sum(dim=1).clamp_min(1.0)
+    count = fixed_sum.clamp_min(1.0)
 
     def unpack():
         return params["id"], params["exp"], params["angles"], params["translation"] * unit_t
@@ -230,8 +241,10 @@ def fit_landmarks(model: MorphableModel, landmarks_2d: torch.Tensor, image_size,
     for step in range(steps):
         if contour_ids and step % contour_every == 0:
             with torch.no_grad():
-                vertex_indices = _contour_choice(model, sides, targets, *unpack(), cam)
+                vertex_indices, used = _contour_choice(model, sides, contour_yaw_limit, targets, *unpack(), cam)
             contour_rows = gather_rows(model, vertex_indices[:, contour_ids])  # reused until the next choice
+            contour_weights = user_weights[:, contour_ids] * used
+            count = (fixed_sum + contour_weights.sum(dim=1)).clamp_min(1.0)
         for group in optimiser.param_groups:
             group["lr"] = learning_rate * 0.5 * (1 + math.cos(math.pi * step / steps))
         optimiser.zero_grad(set_to_none=True)
@@ -253,7 +266,8 @@ def fit_landmarks(model: MorphableModel, landmarks_2d: torch.Tensor, image_size,
     with torch.no_grad():
         id_c, exp_c, ang, trans = (t.detach() for t in unpack())
         if contour_ids:
-            vertex_indices = _contour_choice(model, sides, targets, id_c, exp_c, ang, trans, cam)
+            vertex_indices, used = _contour_choice(model, sides, contour_yaw_limit, targets, id_c, exp_c, ang, trans, cam)
+            weights[:, contour_ids] = user_weights[:, contour_ids] * used
         projected = project_vertices(model, vertex_indices, id_c, exp_c, ang, trans, *cam)
         sq = ((projected - targets) ** 2).sum(-1)
         error = ((weights * sq).sum(1) / weights.sum(1).clamp_min(1e-12)).sqrt()

@@ -15,8 +15,8 @@ outline of a face is wherever its silhouette happens to be, which depends on the
 model gives those landmarks weight 0 (they never enter a loss through the fixed landmark rows)
 and keeps the candidate contour vertices of each side in ``contour_right`` / ``contour_left``;
 :func:`wscswap_fast.models.landmark_fitting.fit_landmarks` picks, per sample and per pose, the
-candidate whose projection lies nearest to each detected contour landmark on the side(s) facing
-the camera, as eos does. ibug 61 and 65 (inner mouth corners) have no SFM vertex either: weight 0.
+candidate whose projection lies nearest to each detected contour landmark, as eos does, on the
+side(s) the head has not turned away from. ibug 61 and 65 (inner mouth corners) have no SFM vertex either: weight 0.
 BFM_model_front's ``keypoints`` map all 68 to fixed vertices (weight 1), as Deep3DFaceRecon uses
 them.
 """
