@@ -302,7 +302,7 @@ raster_backward_kernel(const float* __restrict__ grad_bary, const float* __restr
     const float g[3] = {grad_bary[3 * q] + gz * t.vz[0], grad_bary[3 * q + 1] + gz * t.vz[1],
                         grad_bary[3 * q + 2] + gz * t.vz[2]};
     float gx[3] = {0.f, 0.f, 0.f}, gy[3] = {0.f, 0.f, 0.f};
-    barycentric_vertex_grads<float>(t.vx, t.vy, t.area, px, py, g, gx, gy);
+    barycentric_vertex_grads<float>(t.vx, t.vy, t.area, px, py, b, g, gx, gy);
     for (int k = 0; k < 3; ++k) {
       float* out = grad_vertices + (n * V + t.vi[k]) * 3;
       atomicAdd(out, gx[k]);
@@ -356,7 +356,7 @@ photometric_backward_kernel(const float* __restrict__ grad_loss, const float* __
       atomicAdd(gc + 2, gr[2] * b[k]);
     }
     float gx[3] = {0.f, 0.f, 0.f}, gy[3] = {0.f, 0.f, 0.f};
-    barycentric_vertex_grads<float>(t.vx, t.vy, t.area, px, py, g, gx, gy);
+    barycentric_vertex_grads<float>(t.vx, t.vy, t.area, px, py, b, g, gx, gy);
     for (int k = 0; k < 3; ++k) {
       float* gv = grad_vertices + (n * V + t.vi[k]) * 3;
       atomicAdd(gv, gx[k]);

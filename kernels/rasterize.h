@@ -44,12 +44,15 @@ struct RasterTriangle {
   A area;                  // cross(v1-v0, v2-v0), never zero for a set-up triangle
 };
 
-// Round half to even, as torch.round does, so the reference snaps the same way.
+// Round half to even, as torch.round does, so the reference snaps the same way. On the host,
+// adding and subtracting 1.5 * 2^52 rounds any |v| < 2^51 to an integer in the default rounding
+// mode without a libm call (baseline x86-64 has no rounding instruction); |v| <= 2^29 here.
 WSC_HD double round_even(double v) {
 #if defined(__CUDA_ARCH__)
   return rint(v);
 #else
-  return std::nearbyint(v);
+  volatile double shifted = v + 6755399441055744.0;  // volatile: no reassociation, whatever the flags
+  return shifted - 6755399441055744.0;
 #endif
 }
 
@@ -145,19 +148,18 @@ template <typename A>
 WSC_HD A interpolate(const A b[3], const A z[3]) { return b[0] * z[0] + b[1] * z[1] + b[2] * z[2]; }
 
 // Gradients of a scalar loss with respect to the vertex positions, given its gradients g[k]
-// with respect to the barycentrics b[k] at point (px, py). Adds into gx[k], gy[k].
+// with respect to the barycentrics b[k] (from `barycentrics`) at point (px, py). Adds into gx[k], gy[k].
 template <typename A>
-WSC_HD void barycentric_vertex_grads(const A vx[3], const A vy[3], A area, A px, A py, const A g[3],
+WSC_HD void barycentric_vertex_grads(const A vx[3], const A vy[3], A area, A px, A py, const A b[3], const A g[3],
                                      A gx[3], A gy[3]) {
   const A d0x = vx[0] - px, d0y = vy[0] - py;
   const A d1x = vx[1] - px, d1y = vy[1] - py;
   const A d2x = vx[2] - px, d2y = vy[2] - py;
-  const A b1 = (d2x * d0y - d2y * d0x) / area;
-  const A b2 = (d0x * d1y - d0y * d1x) / area;
   // b0 = 1 - b1 - b2, so the loss depends on w1 = A*b1 and w2 = A*b2 through h1, h2, and on A.
+  const A inv_area = A(1) / area;
   const A h1 = g[1] - g[0], h2 = g[2] - g[0];
-  const A gw1 = h1 / area, gw2 = h2 / area;
-  const A ga = -(h1 * b1 + h2 * b2) / area;
+  const A gw1 = h1 * inv_area, gw2 = h2 * inv_area;
+  const A ga = -(h1 * b[1] + h2 * b[2]) * inv_area;
   // w1 = cross(d2, d0), w2 = cross(d0, d1); d/da cross(a,b) = (b.y, -b.x), d/db = (-a.y, a.x).
   gx[2] += gw1 * d0y;  gy[2] -= gw1 * d0x;
   gx[0] -= gw1 * d2y;  gy[0] += gw1 * d2x;
