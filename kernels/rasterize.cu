@@ -1,13 +1,13 @@
 // CUDA rasterizer and photometric loss (math in rasterize.h), tile-binned:
 //   1. setup_count: one thread per (sample, triangle) sets the triangle up (RasterTriangle<float>,
-//      136 bytes) and counts the 16x16 tiles its bounding box overlaps (atomics on N*tiles ints).
+//      144 bytes) and counts the 16x16 tiles its bounding box overlaps (atomics on N*tiles ints).
 //   2. exclusive_scan: one block turns the counts into bin offsets; the host reads the total once.
 //   3. fill: the same threads write their index into each bin (atomic cursor, so the order inside
 //      a bin is arbitrary: the z-test breaks depth ties by triangle index, which makes the result
 //      independent of it).
 //   4. raster: one block of 256 threads per (sample, tile), one pixel per thread, the pixel's
 //      z-buffer entry in registers; the bin's triangles are staged through shared memory 256 at a
-//      time (34.8 KB) and every thread tests its pixel against each of them.
+//      time (36.9 KB) and every thread tests its pixel against each of them.
 //      The photometric variant shades the winning pixel, reduces the tile's loss sums in the block
 //      and writes them per tile; a second kernel sums the tiles of each sample in a fixed order.
 //   Backward: one thread per pixel recomputes the barycentrics of its triangle and adds the
@@ -165,7 +165,7 @@ __device__ Hit raster_pixel(const Tri* __restrict__ setups, const int64_t* __res
       const Tri& t = staged[i];
       if (p.x < t.x0 || p.x > t.x1 || p.y < t.y0 || p.y > t.y1 || !covers(t, p.x, p.y)) continue;
       float b[3];
-      barycentrics<float>(t.vx, t.vy, t.area, px, py, b);
+      barycentrics<float>(t.vx, t.vy, t.coef, px, py, b);
       const float z = interpolate<float>(b, t.vz);
       if (z < hit.depth || (z == hit.depth && t.id < hit.id)) hit = Hit{z, b[1], b[2], t.id};
     }
@@ -269,7 +269,7 @@ photometric_reduce_kernel(const float* __restrict__ tile_sums, int64_t tiles, do
 // The triangle of a covered pixel: vertex indices and positions.
 struct PixelTriangle {
   int64_t vi[3];
-  float vx[3], vy[3], vz[3], area;
+  float vx[3], vy[3], vz[3], area, coef[4];
 };
 
 __device__ __forceinline__ PixelTriangle load_triangle(const float* verts, const int32_t* triangles, int32_t f) {
@@ -280,7 +280,8 @@ __device__ __forceinline__ PixelTriangle load_triangle(const float* verts, const
     t.vy[k] = verts[3 * t.vi[k] + 1];
     t.vz[k] = verts[3 * t.vi[k] + 2];
   }
-  t.area = (t.vx[1] - t.vx[0]) * (t.vy[2] - t.vy[0]) - (t.vy[1] - t.vy[0]) * (t.vx[2] - t.vx[0]);
+  t.area = triangle_area<float>(t.vx, t.vy);
+  barycentric_coefficients<float>(t.vx, t.vy, t.area, t.coef);
   return t;
 }
 
@@ -297,7 +298,7 @@ raster_backward_kernel(const float* __restrict__ grad_bary, const float* __restr
     const PixelTriangle t = load_triangle(vertices + n * V * 3, triangles, f);
     const float px = static_cast<float>(x) + 0.5f, py = static_cast<float>(y) + 0.5f;
     float b[3];
-    barycentrics<float>(t.vx, t.vy, t.area, px, py, b);
+    barycentrics<float>(t.vx, t.vy, t.coef, px, py, b);
     const float gz = grad_depth[q];
     const float g[3] = {grad_bary[3 * q] + gz * t.vz[0], grad_bary[3 * q + 1] + gz * t.vz[1],
                         grad_bary[3 * q + 2] + gz * t.vz[2]};
@@ -343,7 +344,7 @@ photometric_backward_kernel(const float* __restrict__ grad_loss, const float* __
     for (int ch = 0; ch < 3; ++ch) img[ch] = image[(n * 3 + ch) * HW + pix];
     const float px = static_cast<float>(x) + 0.5f, py = static_cast<float>(y) + 0.5f;
     float b[3];
-    barycentrics<float>(t.vx, t.vy, t.area, px, py, b);
+    barycentrics<float>(t.vx, t.vy, t.coef, px, py, b);
     const float sq = colour_difference<float>(b, c, img, d);
     const float m = mask ? mask[q] : 1.f;
     const float gr[3] = {2.f * m * scale * d[0], 2.f * m * scale * d[1], 2.f * m * scale * d[2]};

@@ -13,10 +13,11 @@
 //   - Both windings are rendered (no culling). A triangle is skipped when its snapped or
 //     floating-point area is zero, when a coordinate is not finite, or when |x| or |y| exceeds
 //     the guard band of 2^21 pixels (the int64 edge functions stay exact inside it).
-//   - Barycentrics b1 = cross(v2-p, v0-p)/A, b2 = cross(v0-p, v1-p)/A, b0 = 1 - b1 - b2 with
-//     A = cross(v1-v0, v2-v0), all in the accumulation type from the unsnapped vertices, so they
-//     are differentiable in the vertex positions (interior gradients; no silhouette term).
-//     At a pixel within 1/512 pixel of an edge a barycentric can be slightly negative.
+//   - Barycentrics b1 = cross(p-v0, v2-v0)/A, b2 = cross(v1-v0, p-v0)/A, b0 = 1 - b1 - b2 with
+//     A = cross(v1-v0, v2-v0), in the accumulation type from the unsnapped vertices, so they are
+//     differentiable in the vertex positions (interior gradients; no silhouette term). They are
+//     evaluated as affine functions of p - v0 with per-triangle coefficients (no division per
+//     pixel). At a pixel within 1/512 pixel of an edge a barycentric can be slightly negative.
 //   - Depth = b0*z0 + b1*z1 + b2*z2 (linear in screen space); the smallest depth wins, ties go to
 //     the lower triangle index.
 #pragma once
@@ -41,7 +42,7 @@ struct RasterTriangle {
   int32_t x0, x1, y0, y1;  // inclusive pixel range that can be covered, clipped to the image
   int32_t id;              // the triangle's index in `triangles`
   A vx[3], vy[3], vz[3];   // unsnapped vertices, in the triangle's own vertex order
-  A area;                  // cross(v1-v0, v2-v0), never zero for a set-up triangle
+  A coef[4];               // barycentric coefficients (see barycentric_coefficients)
 };
 
 // Round half to even, as torch.round does, so the reference snaps the same way. On the host,
@@ -71,6 +72,23 @@ WSC_HD int64_t floor_div(int64_t a, int64_t b) {  // b > 0
 // The snapped coordinate of the centre of pixel j: 256*j + 128.
 WSC_HD int64_t pixel_centre_snapped(int64_t j) { return j * 256 + 128; }
 
+// A = cross(v1 - v0, v2 - v0): twice the signed area, positive for clockwise vertices on screen.
+template <typename A>
+WSC_HD A triangle_area(const A vx[3], const A vy[3]) {
+  return (vx[1] - vx[0]) * (vy[2] - vy[0]) - (vy[1] - vy[0]) * (vx[2] - vx[0]);
+}
+
+// b1 = cross(d, e2)/A and b2 = cross(e1, d)/A with d = p - v0, e1 = v1 - v0, e2 = v2 - v0, as
+// coefficients of d: coef = {e2y, -e2x, -e1y, e1x} / A.
+template <typename A>
+WSC_HD void barycentric_coefficients(const A vx[3], const A vy[3], A area, A coef[4]) {
+  const A inv_area = A(1) / area;
+  coef[0] = (vy[2] - vy[0]) * inv_area;
+  coef[1] = -(vx[2] - vx[0]) * inv_area;
+  coef[2] = -(vy[1] - vy[0]) * inv_area;
+  coef[3] = (vx[1] - vx[0]) * inv_area;
+}
+
 // Build the setup of one triangle from its three vertices (x, y, depth each). Returns false when
 // the triangle is skipped (degenerate, not finite, outside the guard band, or covers no pixel
 // centre of the height x width image).
@@ -88,8 +106,9 @@ WSC_HD bool setup_triangle(const A* const v[3], int32_t id, int64_t height, int6
     t.vz[k] = z;
   }
   const int64_t snapped_area = (X[1] - X[0]) * (Y[2] - Y[0]) - (Y[1] - Y[0]) * (X[2] - X[0]);
-  t.area = (t.vx[1] - t.vx[0]) * (t.vy[2] - t.vy[0]) - (t.vy[1] - t.vy[0]) * (t.vx[2] - t.vx[0]);
-  if (snapped_area == 0 || t.area == A(0)) return false;
+  const A area = triangle_area<A>(t.vx, t.vy);
+  if (snapped_area == 0 || area == A(0)) return false;
+  barycentric_coefficients<A>(t.vx, t.vy, area, t.coef);
   // Orient so the snapped area is positive; only coverage uses the order, not the barycentrics.
   const int order[3] = {0, snapped_area > 0 ? 1 : 2, snapped_area > 0 ? 2 : 1};
   for (int k = 0; k < 3; ++k) {
@@ -133,14 +152,13 @@ WSC_HD bool covers(const RasterTriangle<A>& t, int64_t x, int64_t y) {
   return (edge_value(t, 0, PX, PY) | edge_value(t, 1, PX, PY) | edge_value(t, 2, PX, PY)) >= 0;
 }
 
-// Barycentrics of point (px, py) in the triangle (vx, vy) with area `area` (see the file comment).
+// Barycentrics of point (px, py): b1 = coef[0]*dx + coef[1]*dy, b2 = coef[2]*dx + coef[3]*dy
+// with (dx, dy) = p - v0 (see the file comment), b0 = 1 - b1 - b2.
 template <typename A>
-WSC_HD void barycentrics(const A vx[3], const A vy[3], A area, A px, A py, A b[3]) {
-  const A d0x = vx[0] - px, d0y = vy[0] - py;
-  const A d1x = vx[1] - px, d1y = vy[1] - py;
-  const A d2x = vx[2] - px, d2y = vy[2] - py;
-  b[1] = (d2x * d0y - d2y * d0x) / area;
-  b[2] = (d0x * d1y - d0y * d1x) / area;
+WSC_HD void barycentrics(const A vx[3], const A vy[3], const A coef[4], A px, A py, A b[3]) {
+  const A dx = px - vx[0], dy = py - vy[0];
+  b[1] = coef[0] * dx + coef[1] * dy;
+  b[2] = coef[2] * dx + coef[3] * dy;
   b[0] = A(1) - b[1] - b[2];
 }
 

@@ -127,7 +127,7 @@ void raster_tile(const SampleBins<A>& bins, int64_t tile, const TileGrid& grid, 
       for (int64_t x = x_lo; x <= x_hi; ++x, e0 += s0, e1 += s1, e2 += s2) {
         if ((e0 | e1 | e2) < 0) continue;
         A b[3];
-        barycentrics<A>(t.vx, t.vy, t.area, static_cast<A>(x) + A(0.5), py, b);
+        barycentrics<A>(t.vx, t.vy, t.coef, static_cast<A>(x) + A(0.5), py, b);
         const A z = interpolate<A>(b, t.vz);
         const int64_t q = row + x;
         if (z < buf.depth[q]) {  // strict: the lower triangle index (visited first) keeps a tie
@@ -264,10 +264,11 @@ void rasterize_backward_cpu(const T* grad_bary, const T* grad_depth, const T* ve
         vy[k] = verts[3 * vi[k] + 1];
         vz[k] = verts[3 * vi[k] + 2];
       }
-      const A area = (vx[1] - vx[0]) * (vy[2] - vy[0]) - (vy[1] - vy[0]) * (vx[2] - vx[0]);
+      const A area = triangle_area<A>(vx, vy);
       const A px = static_cast<A>(x) + A(0.5);
-      A b[3];
-      barycentrics<A>(vx, vy, area, px, py, b);
+      A coef[4], b[3];
+      barycentric_coefficients<A>(vx, vy, area, coef);
+      barycentrics<A>(vx, vy, coef, px, py, b);
       const A gz = grad_depth[p];
       const A g[3] = {grad_bary[3 * p] + gz * vz[0], grad_bary[3 * p + 1] + gz * vz[1],
                       grad_bary[3 * p + 2] + gz * vz[2]};
@@ -367,10 +368,11 @@ void photometric_backward_cpu(const T* grad_loss, const T* image, const T* verti
         c[k][0] = ck[0]; c[k][1] = ck[1]; c[k][2] = ck[2];
       }
       for (int ch = 0; ch < 3; ++ch) img[ch] = image[(n * 3 + ch) * HW + pix];
-      const A area = (vx[1] - vx[0]) * (vy[2] - vy[0]) - (vy[1] - vy[0]) * (vx[2] - vx[0]);
+      const A area = triangle_area<A>(vx, vy);
       const A px = static_cast<A>(x) + A(0.5);
-      A b[3];
-      barycentrics<A>(vx, vy, area, px, py, b);
+      A coef[4], b[3];
+      barycentric_coefficients<A>(vx, vy, area, coef);
+      barycentrics<A>(vx, vy, coef, px, py, b);
       const A sq = colour_difference<A>(b, c, img, d);
       const A m = mask ? static_cast<A>(mask[n * HW + pix]) : A(1);
       const A gr[3] = {2 * m * scale * d[0], 2 * m * scale * d[1], 2 * m * scale * d[2]};  // d loss / d rendered

@@ -92,7 +92,7 @@ std::vector<int32_t> brute_force_ids(const std::vector<T>& vertices, const Mesh&
         for (int64_t x = 0; x < W; ++x) {
           if (!wsc::covers(t, x, y)) continue;
           T b[3];
-          wsc::barycentrics<T>(t.vx, t.vy, t.area, T(x) + T(0.5), T(y) + T(0.5), b);
+          wsc::barycentrics<T>(t.vx, t.vy, t.coef, T(x) + T(0.5), T(y) + T(0.5), b);
           const T z = wsc::interpolate<T>(b, t.vz);
           if (z < best[y * W + x]) {
             best[y * W + x] = z;
@@ -243,8 +243,9 @@ void check_photometric(std::mt19937& rng, int64_t N, int64_t F, int64_t H, int64
         vx[k] = m.vertices[(n * m.V + m.triangles[3 * f + k]) * 3];
         vy[k] = m.vertices[(n * m.V + m.triangles[3 * f + k]) * 3 + 1];
       }
-      const double area = (vx[1] - vx[0]) * (vy[2] - vy[0]) - (vy[1] - vy[0]) * (vx[2] - vx[0]);
-      wsc::barycentrics<double>(vx, vy, area, p % W + 0.5, p / W + 0.5, b);
+      double coef[4];
+      wsc::barycentric_coefficients<double>(vx, vy, wsc::triangle_area<double>(vx, vy), coef);
+      wsc::barycentrics<double>(vx, vy, coef, p % W + 0.5, p / W + 0.5, b);
       double sq = 0;
       for (int ch = 0; ch < 3; ++ch) {
         double r = 0;

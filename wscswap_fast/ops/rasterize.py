@@ -19,9 +19,9 @@ Conventions (shared by every backend, see kernels/rasterize.h):
     floating point), a non-finite coordinate, or |x| or |y| beyond 2^21 pixels are skipped.
     There is no clipping: vertices are already in screen space.
   - Barycentrics (b0, b1, b2) belong to the triangle's vertices in the order of `triangles[f]`;
-    they are screen-space (affine) barycentrics of the pixel centre: b1 = cross(v2-p, v0-p)/A,
-    b2 = cross(v0-p, v1-p)/A, b0 = 1 - b1 - b2, A = cross(v1-v0, v2-v0). Within 1/512 pixel of an
-    edge one may be slightly negative (coverage uses the snapped vertices).
+    they are screen-space (affine) barycentrics of the pixel centre p: b1 = cross(p-v0, v2-v0)/A,
+    b2 = cross(v1-v0, p-v0)/A, b0 = 1 - b1 - b2, A = cross(v1-v0, v2-v0). Within 1/512 pixel of
+    an edge one may be slightly negative (coverage uses the snapped vertices).
   - depth = b0*z0 + b1*z1 + b2*z2, interpolated linearly in screen space. SMALLER DEPTH IS
     NEARER: the smallest depth wins the z-test, and an exact tie goes to the lower triangle index.
     With the perspective camera pass Zc (or -1/Zc, which is affine in screen space and so makes
@@ -31,12 +31,15 @@ Conventions (shared by every backend, see kernels/rasterize.h):
 Gradients: barycentrics and depth are differentiable in screen_vertices (interior gradients, as
 in Deep3DFaceRecon's renderer; no silhouette antialiasing: coverage is piecewise constant). The
 triangle id is not differentiable. The backward is fused: each covered pixel recomputes its
-barycentrics and scatters the gradient to its three vertices (CUDA: atomics; CPU: one buffer per
-thread, summed in thread order, so deterministic for a given thread count).
+barycentrics and scatters the gradient to its three vertices (CUDA: atomics. CPU: with at least
+as many samples as threads each thread owns whole samples, so a sample's gradient is one
+sequential sum whatever the thread count; with fewer, per-thread buffers summed in thread order,
+deterministic for a given thread count).
 
-Work (cpu/cuda): setup ~100 flops per triangle; per (triangle, pixel of its bounding box) three
-int64 edge tests, plus ~15 flops for the depth when covered; per pixel one write of
-4 + 16 (id, 3 barycentrics, depth in fp32) bytes. The reference evaluates all H*W*F pairs.
+Work (cpu/cuda): setup ~100 operations per triangle; per (triangle, pixel of its bounding box)
+three int64 edge tests (incremental adds on the CPU), plus ~12 flops for barycentrics and depth
+when covered; per pixel one write of 4 + 16 bytes (id, 3 barycentrics, depth in fp32). The
+reference evaluates all H*W*F pairs.
 """
 import torch
 
@@ -130,11 +133,15 @@ def _edge_functions(tv: torch.Tensor):
 
 
 def _barycentrics(tv: torch.Tensor, px: torch.Tensor, py: torch.Tensor):
-    """Barycentrics (..., 3) of points (px, py) in triangles tv (..., 3, 3); the float area too."""
-    dx, dy = tv[..., 0] - px[..., None], tv[..., 1] - py[..., None]
-    area = _float_area(tv)
-    b1 = (dx[..., 2] * dy[..., 0] - dy[..., 2] * dx[..., 0]) / area
-    b2 = (dx[..., 0] * dy[..., 1] - dy[..., 0] * dx[..., 1]) / area
+    """Barycentrics (..., 3) of points (px, py) in triangles tv (..., 3, 3), with the kernels'
+    operations in the kernels' order (kernels/rasterize.h): affine in p - v0."""
+    x, y = tv[..., 0], tv[..., 1]
+    inv_area = _float_area(tv).reciprocal()
+    c0, c1 = (y[..., 2] - y[..., 0]) * inv_area, -(x[..., 2] - x[..., 0]) * inv_area
+    c2, c3 = -(y[..., 1] - y[..., 0]) * inv_area, (x[..., 1] - x[..., 0]) * inv_area
+    dx, dy = px - x[..., 0], py - y[..., 0]
+    b1 = c0 * dx + c1 * dy
+    b2 = c2 * dx + c3 * dy
     return torch.stack([1 - b1 - b2, b1, b2], dim=-1)
 
 
@@ -182,8 +189,7 @@ def interpolate(screen_vertices: torch.Tensor, triangles: torch.Tensor, tri_id: 
     covered = tri_id >= 0
     dtype = screen_vertices.dtype
     if triangles.shape[0] == 0:
-        zeros = screen_vertices.new_zeros((n_samples, height, width))
-        return zeros[..., None].expand(-1, -1, -1, 3) * 1, zeros
+        return screen_vertices.new_zeros((n_samples, height, width, 3)), screen_vertices.new_zeros(tri_id.shape)
     vidx = triangles.long()[tri_id.long().clamp_min(0)]  # (N,H,W,3)
     tv = torch.gather(screen_vertices, 1, vidx.reshape(n_samples, height * width * 3, 1).expand(-1, -1, 3))
     tv = tv.view(n_samples, height, width, 3, 3)
