@@ -167,8 +167,8 @@ def test_empty_mask_and_off_screen_mesh_give_zero_without_nan(backend):
             assert torch.isfinite(g).all()
 
 
-def test_cpu_large_image_multithreaded_and_deterministic():
-    n, h, w = 2, 75, 90
+@pytest.mark.parametrize("n, h, w", [(1, 130, 128), (2, 96, 90)], ids=["shared-sample", "sample-per-thread"])
+def test_cpu_large_image_multithreaded_and_deterministic(n, h, w):
     image, vertices, triangles, colors, mask = _inputs(n, h, w, 150, torch.seed() % 2**31, torch.float32)
     grad = torch.randn(n)
 
