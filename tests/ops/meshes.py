@@ -53,9 +53,10 @@ def jittered_grid(n_samples: int, height: int, width: int, *, seed: int, cell: f
     return torch.cat([xy, z], dim=-1).to(dtype), torch.tensor(tris, dtype=torch.int64).reshape(-1, 3)
 
 
-def scene(n_samples: int, n_tris: int, height: int, width: int, *, seed: int, dtype=torch.float64):
+def scene(n_samples: int, n_tris: int, height: int, width: int, *, seed: int, dtype=torch.float64,
+          cell: float = 5.0):
     """The soup in front of the grid, one mesh: both shared and private vertices, both windings,
     triangles partly off-screen, background only where neither reaches."""
     sv, st = triangle_soup(n_samples, n_tris, height, width, seed=seed, dtype=dtype)
-    gv, gt = jittered_grid(n_samples, height - 3, width - 5, seed=seed + 1, dtype=dtype)
+    gv, gt = jittered_grid(n_samples, height - 3, width - 5, seed=seed + 1, cell=cell, dtype=dtype)
     return torch.cat([sv, gv], dim=1), torch.cat([st, gt + sv.shape[1]])

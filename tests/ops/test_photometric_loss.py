@@ -21,8 +21,8 @@ def _rel_err(x, ref):
     return ((x.double() - ref).abs().max() / ref.abs().max().clamp_min(1e-30)).item()
 
 
-def _inputs(n, h, w, f, seed, dtype=torch.float64):
-    vertices, triangles = scene(n, f, h, w, seed=seed, dtype=dtype)
+def _inputs(n, h, w, f, seed, dtype=torch.float64, cell=5.0):
+    vertices, triangles = scene(n, f, h, w, seed=seed, dtype=dtype, cell=cell)
     g = torch.Generator().manual_seed(seed)
     image = torch.rand((n, 3, h, w), generator=g, dtype=torch.float64).to(dtype)
     colors = torch.rand((n, vertices.shape[1], 3), generator=g, dtype=torch.float64).to(dtype)
@@ -169,7 +169,7 @@ def test_empty_mask_and_off_screen_mesh_give_zero_without_nan(backend):
 
 @pytest.mark.parametrize("n, h, w", [(1, 130, 128), (2, 96, 90)], ids=["shared-sample", "sample-per-thread"])
 def test_cpu_large_image_multithreaded_and_deterministic(n, h, w):
-    image, vertices, triangles, colors, mask = _inputs(n, h, w, 150, torch.seed() % 2**31, torch.float32)
+    image, vertices, triangles, colors, mask = _inputs(n, h, w, 150, torch.seed() % 2**31, torch.float32, cell=12.0)
     grad = torch.randn(n)
 
     def run():

@@ -283,7 +283,7 @@ def test_noncontiguous_inputs(backend):
 @pytest.mark.parametrize("n, h, w", [(1, 130, 128), (2, 96, 90)], ids=["shared-sample", "sample-per-thread"])
 def test_cpu_large_image_multithreaded_and_deterministic(n, h, w):
     """Above the size where the CPU loops go multi-threaded; the backward is deterministic."""
-    vertices, triangles = scene(n, 150, h, w, seed=torch.seed() % 2**31, dtype=torch.float32)
+    vertices, triangles = scene(n, 150, h, w, seed=torch.seed() % 2**31, dtype=torch.float32, cell=12.0)
     grad_bary, grad_depth = torch.randn((n, h, w, 3)), torch.randn((n, h, w))
     tri_id, bary, depth, grad = _grads("cpu", vertices, triangles, h, w, grad_bary, grad_depth)
     assert torch.equal(tri_id, reference_triangle_ids(vertices, triangles, h, w))
