@@ -13,6 +13,9 @@
 // The bases (R*K*4 bytes, 117 KB for BFM) are read by every block and stay in L2. Reductions
 // run in a fixed order, so results do not depend on scheduling. mean/sum over the batch is a
 // second, single-block kernel over the per-sample losses.
+// The per-landmark stage (pose, projection, residuals, sums over landmarks) runs in double, as on
+// the CPU (see landmark_loss_cpu.cpp): ~100 flops per landmark, negligible next to the products
+// even at the 1/64 double rate of consumer GPUs.
 #include <cuda_runtime.h>
 
 #include <stdexcept>
@@ -27,15 +30,16 @@ constexpr int kThreads = 128;
 constexpr int kWarps = kThreads / 32;
 constexpr int kMaxSharedBytes = 48 * 1024;
 
-__device__ __forceinline__ float warp_sum(float v) {
+template <typename A>
+__device__ __forceinline__ A warp_sum(A v) {
 #pragma unroll
   for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
   return v;
 }
 
-// Sums NV per-thread values over the block; every thread gets the totals. scratch: kWarps*NV floats.
-template <int NV>
-__device__ __forceinline__ void block_sum(float (&v)[NV], float* scratch) {
+// Sums NV per-thread values over the block; every thread gets the totals. scratch: kWarps*NV values.
+template <typename A, int NV>
+__device__ __forceinline__ void block_sum(A (&v)[NV], A* scratch) {
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
 #pragma unroll
   for (int i = 0; i < NV; ++i) v[i] = warp_sum(v[i]);
@@ -46,22 +50,24 @@ __device__ __forceinline__ void block_sum(float (&v)[NV], float* scratch) {
   __syncthreads();
 #pragma unroll
   for (int i = 0; i < NV; ++i) {
-    float total = 0.f;
+    A total = A(0);
     for (int w = 0; w < kWarps; ++w) total += scratch[w * NV + i];
     v[i] = total;
   }
   __syncthreads();  // scratch may be reused
 }
 
+using Geo = double;  // the per-landmark stage
+
 struct Pose {
-  EulerTrig<float> trig;
-  float R[9];
-  float tx, ty, tz;
+  EulerTrig<Geo> trig;
+  Geo R[9];
+  Geo tx, ty, tz;
 };
 
 __device__ __forceinline__ Pose load_pose(const float* angles, const float* translation, int64_t n) {
   Pose p;
-  p.trig = euler_trig<float>(angles[n * 3], angles[n * 3 + 1], angles[n * 3 + 2]);
+  p.trig = euler_trig<Geo>(angles[n * 3], angles[n * 3 + 1], angles[n * 3 + 2]);
   rotation_matrix(p.trig, p.R);
   p.tx = translation[n * 3];
   p.ty = translation[n * 3 + 1];
@@ -82,11 +88,11 @@ forward_kernel(Args a, const float* __restrict__ id_coeff, const float* __restri
                const float* __restrict__ target, const float* __restrict__ weights,
                const float* __restrict__ mean, const float* __restrict__ id_basis,
                const float* __restrict__ exp_basis, float* __restrict__ landmarks, float* __restrict__ per_sample) {
-  extern __shared__ float shared[];
+  extern __shared__ double shared[];
   const int64_t N = a.d.N, L = a.d.L, Ki = a.d.K_id, Ke = a.d.K_exp, rows = 3 * L;
-  float* coef = shared;            // K_id + K_exp
-  float* points = coef + Ki + Ke;  // 3L
-  float* scratch = points + rows;  // kWarps * 2
+  Geo* scratch = shared;                                     // kWarps * 2
+  float* coef = reinterpret_cast<float*>(scratch + 2 * kWarps);  // K_id + K_exp
+  float* points = coef + Ki + Ke;                            // 3L
   const int64_t n = blockIdx.x;
   for (int64_t k = threadIdx.x; k < Ki; k += kThreads) coef[k] = id_coeff[n * Ki + k];
   for (int64_t k = threadIdx.x; k < Ke; k += kThreads) coef[Ki + k] = exp_coeff[n * Ke + k];
@@ -106,27 +112,26 @@ forward_kernel(Args a, const float* __restrict__ id_coeff, const float* __restri
   __syncthreads();
 
   const Pose pose = load_pose(angles, translation, n);
-  const float focal = static_cast<float>(a.cam.focal), cx = static_cast<float>(a.cam.cx);
-  const float cy = static_cast<float>(a.cam.cy), distance = static_cast<float>(a.cam.distance);
-  float sums[2] = {0.f, 0.f};  // sum w d, sum w
+  Geo sums[2] = {0.0, 0.0};  // sum w d, sum w
   for (int64_t l = threadIdx.x; l < L; l += kThreads) {
-    float vx, vy, vz, u, w, inv_depth;
-    transform_point(pose.R, pose.tx, pose.ty, pose.tz, points[3 * l], points[3 * l + 1], points[3 * l + 2], vx, vy, vz);
-    project_point(vx, vy, vz, focal, cx, cy, distance, u, w, inv_depth);
-    const float d = landmark_distance<Norm>(u - target[(n * L + l) * 2], w - target[(n * L + l) * 2 + 1]);
-    const float wt = weights[(a.d.per_sample_weights ? n * L : 0) + l];
-    sums[0] += wt * d;
+    Geo vx, vy, vz, du, dw, inv_depth;
+    transform_point<Geo>(pose.R, pose.tx, pose.ty, pose.tz, points[3 * l], points[3 * l + 1], points[3 * l + 2], vx, vy,
+                         vz);
+    projection_residual<Geo>(vx, vy, vz, a.cam.focal, a.cam.cx, a.cam.cy, a.cam.distance, target[(n * L + l) * 2],
+                             target[(n * L + l) * 2 + 1], du, dw, inv_depth);
+    const Geo wt = weights[(a.d.per_sample_weights ? n * L : 0) + l];
+    sums[0] += wt * landmark_distance<Norm>(du, dw);
     sums[1] += wt;
   }
   block_sum(sums, scratch);
-  if (threadIdx.x == 0) per_sample[n] = sums[0] / weight_normaliser(sums[1]);
+  if (threadIdx.x == 0) per_sample[n] = static_cast<float>(sums[0] / weight_normaliser(sums[1]));
 }
 
 // loss[0] = sum or mean of per_sample, in a fixed order.
 __global__ void __launch_bounds__(kThreads)
 reduce_kernel(const float* __restrict__ per_sample, int64_t N, int reduction, float* __restrict__ loss) {
   __shared__ float scratch[kWarps];
-  float total[1] = {0.f};
+  float total[1] = {0.f};  // float, as torch's sum of float32
   for (int64_t n = threadIdx.x; n < N; n += kThreads) total[0] += per_sample[n];
   block_sum(total, scratch);
   if (threadIdx.x == 0) loss[0] = reduction == kReduceMean ? total[0] / static_cast<float>(N) : total[0];
@@ -140,51 +145,54 @@ backward_kernel(Args a, const float* __restrict__ grad, const float* __restrict_
                 const float* __restrict__ id_basis, const float* __restrict__ exp_basis, float* __restrict__ grad_id,
                 float* __restrict__ grad_exp, float* __restrict__ grad_angles, float* __restrict__ grad_translation,
                 float* __restrict__ grad_target) {
-  extern __shared__ float shared[];
+  extern __shared__ double shared[];
   const int64_t N = a.d.N, L = a.d.L, Ki = a.d.K_id, Ke = a.d.K_exp, rows = 3 * L;
-  float* dp = shared;             // 3L: dL/dp
-  float* scratch = dp + rows;     // kWarps * 12
+  Geo* scratch = shared;                                      // kWarps * 12
+  float* dp = reinterpret_cast<float*>(scratch + 12 * kWarps);  // 3L: dL/dp
   const int64_t n = blockIdx.x;
   const float* w_row = weights + (a.d.per_sample_weights ? n * L : 0);
 
-  float weight_sum[1] = {0.f};
+  Geo weight_sum[1] = {0.0};
   for (int64_t l = threadIdx.x; l < L; l += kThreads) weight_sum[0] += w_row[l];
   block_sum(weight_sum, scratch);
-  const float scale = sample_grad<float>(grad, n, N, a.reduction) / weight_normaliser(weight_sum[0]);
+  const Geo scale = sample_grad<Geo>(grad, n, N, a.reduction) / weight_normaliser(weight_sum[0]);
 
   const Pose pose = load_pose(angles, translation, n);
-  const float focal = static_cast<float>(a.cam.focal), cx = static_cast<float>(a.cam.cx);
-  const float cy = static_cast<float>(a.cam.cy), distance = static_cast<float>(a.cam.distance);
-  float acc[12];  // dL/dt (3), then dL/dR row-major (9)
+  Geo acc[12];  // dL/dt (3), then dL/dR row-major (9)
 #pragma unroll
-  for (int i = 0; i < 12; ++i) acc[i] = 0.f;
+  for (int i = 0; i < 12; ++i) acc[i] = 0.0;
   for (int64_t l = threadIdx.x; l < L; l += kThreads) {
-    const float px = landmarks[(3 * l) * N + n], py = landmarks[(3 * l + 1) * N + n], pz = landmarks[(3 * l + 2) * N + n];
-    float vx, vy, vz, u, w, inv_depth;
+    const Geo px = landmarks[(3 * l) * N + n], py = landmarks[(3 * l + 1) * N + n], pz = landmarks[(3 * l + 2) * N + n];
+    Geo vx, vy, vz, du, dw, inv_depth;
     transform_point(pose.R, pose.tx, pose.ty, pose.tz, px, py, pz, vx, vy, vz);
-    project_point(vx, vy, vz, focal, cx, cy, distance, u, w, inv_depth);
-    float g_du, g_dw;
-    landmark_distance_grad<Norm>(u - target[(n * L + l) * 2], w - target[(n * L + l) * 2 + 1], g_du, g_dw);
-    const float s = scale * w_row[l];
-    const float gu = s * g_du, gw = s * g_dw;
+    projection_residual<Geo>(vx, vy, vz, a.cam.focal, a.cam.cx, a.cam.cy, a.cam.distance, target[(n * L + l) * 2],
+                             target[(n * L + l) * 2 + 1], du, dw, inv_depth);
+    Geo g_du, g_dw;
+    landmark_distance_grad<Norm>(du, dw, g_du, g_dw);
+    const Geo s = scale * w_row[l];
+    const Geo gu = s * g_du, gw = s * g_dw;
     if (grad_target) {
-      grad_target[(n * L + l) * 2] = -gu;
-      grad_target[(n * L + l) * 2 + 1] = -gw;
+      grad_target[(n * L + l) * 2] = static_cast<float>(-gu);
+      grad_target[(n * L + l) * 2 + 1] = static_cast<float>(-gw);
     }
-    float gx, gy, gz;
-    project_point_vjp(vx, vy, inv_depth, focal, gu, gw, gx, gy, gz);
+    Geo gx, gy, gz;
+    project_point_vjp<Geo>(vx, vy, inv_depth, a.cam.focal, gu, gw, gx, gy, gz);
     acc[0] += gx; acc[1] += gy; acc[2] += gz;
     acc[3] += gx * px; acc[4] += gx * py; acc[5] += gx * pz;
     acc[6] += gy * px; acc[7] += gy * py; acc[8] += gy * pz;
     acc[9] += gz * px; acc[10] += gz * py; acc[11] += gz * pz;
-    dp[3 * l] = pose.R[0] * gx + pose.R[3] * gy + pose.R[6] * gz;
-    dp[3 * l + 1] = pose.R[1] * gx + pose.R[4] * gy + pose.R[7] * gz;
-    dp[3 * l + 2] = pose.R[2] * gx + pose.R[5] * gy + pose.R[8] * gz;
+    dp[3 * l] = static_cast<float>(pose.R[0] * gx + pose.R[3] * gy + pose.R[6] * gz);
+    dp[3 * l + 1] = static_cast<float>(pose.R[1] * gx + pose.R[4] * gy + pose.R[7] * gz);
+    dp[3 * l + 2] = static_cast<float>(pose.R[2] * gx + pose.R[5] * gy + pose.R[8] * gz);
   }
   block_sum(acc, scratch);  // also the barrier that publishes dp
   if (threadIdx.x == 0) {
-    rotation_angle_grads(pose.trig, acc + 3, grad_angles[n * 3], grad_angles[n * 3 + 1], grad_angles[n * 3 + 2]);
-    for (int i = 0; i < 3; ++i) grad_translation[n * 3 + i] = acc[i];
+    Geo g_angles[3];
+    rotation_angle_grads(pose.trig, acc + 3, g_angles[0], g_angles[1], g_angles[2]);
+    for (int i = 0; i < 3; ++i) {
+      grad_angles[n * 3 + i] = static_cast<float>(g_angles[i]);
+      grad_translation[n * 3 + i] = static_cast<float>(acc[i]);
+    }
   }
   if (grad_id)
     for (int64_t k = threadIdx.x; k < Ki; k += kThreads) {
@@ -205,6 +213,7 @@ void check_launch(const char* what) {
   if (err != cudaSuccess) throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(err));
 }
 
+// floats: the float-sized slots of a kernel's shared memory (a double reduction slot counts 2).
 size_t shared_bytes(int64_t floats, const char* what) {
   const int64_t bytes = floats * static_cast<int64_t>(sizeof(float));
   if (bytes > kMaxSharedBytes)
@@ -229,7 +238,7 @@ void landmark_loss_forward_cuda(const LandmarkLossDims& dims, const LandmarkCame
   const Args a{dims, camera, norm, reduction};
   check_grid(dims.N, "landmark_loss_forward_cuda");
   if (dims.N > 0) {
-    const size_t smem = shared_bytes(dims.K_id + dims.K_exp + 3 * dims.L + 2 * kWarps, "landmark_loss_forward_cuda");
+    const size_t smem = shared_bytes(dims.K_id + dims.K_exp + 3 * dims.L + 4 * kWarps, "landmark_loss_forward_cuda");
     const auto kernel = norm == kLandmarkL1 ? forward_kernel<kLandmarkL1> : forward_kernel<kLandmarkL2>;
     kernel<<<static_cast<unsigned>(dims.N), kThreads, smem, s>>>(a, id_coeff, exp_coeff, angles, translation, target,
                                                                  weights, mean, id_basis, exp_basis, landmarks,
@@ -252,7 +261,7 @@ void landmark_loss_backward_cuda(const LandmarkLossDims& dims, const LandmarkCam
   if (dims.N == 0) return;
   const auto s = static_cast<cudaStream_t>(stream);
   const Args a{dims, camera, norm, reduction};
-  const size_t smem = shared_bytes(3 * dims.L + 12 * kWarps, "landmark_loss_backward_cuda");
+  const size_t smem = shared_bytes(3 * dims.L + 24 * kWarps, "landmark_loss_backward_cuda");
   const auto kernel = norm == kLandmarkL1 ? backward_kernel<kLandmarkL1> : backward_kernel<kLandmarkL2>;
   kernel<<<static_cast<unsigned>(dims.N), kThreads, smem, s>>>(a, grad, landmarks, angles, translation, target,
                                                                weights, id_basis, exp_basis, grad_id, grad_exp,

@@ -15,6 +15,11 @@
 // accumulators must fit the register file), and on x86-64 the block functions are compiled for
 // AVX-512, AVX2+FMA and the baseline and chosen at run time, since the extension itself is
 // built for the baseline (SSE2): AVX-512 runs the products ~5x faster than SSE2 here.
+//
+// The per-landmark stage (rotation, projection, residuals, their gradients and the sums over
+// landmarks) runs in double for float storage too: float pixel positions carry ~1e-5 pixel of
+// rounding, and the gradients to the pose sum ~L residuals of a few pixels whose total can be
+// much smaller than its terms. It is a small part of the work; the two products stay in T.
 #include "landmark_loss.h"
 
 #include <algorithm>
@@ -64,6 +69,9 @@ struct Problem {
   T *grad_id, *grad_exp, *grad_angles, *grad_translation, *grad_target;  // backward
 };
 
+// The type of the per-landmark stage (see the top of this file).
+using Geo = double;
+
 // Lane-major scratch of one block.
 template <typename T>
 struct Block {
@@ -71,14 +79,14 @@ struct Block {
   int64_t n0, S;  // first sample, samples in the block (<= V; the other lanes are padding)
   T* points;      // (3L, V) rest-pose landmarks
   T* grads;       // (3L, V) dL/dp (backward)
-  T* target;      // (2L, V)
-  T* weights;     // (L, V)
-  T* coef;        // (K_id + K_exp, V) forward; (2L, V) target gradient in the backward
-  T R[9][V], tx[V], ty[V], tz[V];
-  T trig[6][V];  // sin and cos of pitch, yaw, roll
+  T* coef;        // (K_id + K_exp, V) coefficients (forward)
+  Geo* target;      // (2L, V); in the backward then overwritten by dL/dtarget
+  Geo* weights;     // (L, V)
+  Geo R[9][V], tx[V], ty[V], tz[V];
+  Geo trig[6][V];  // sin and cos of pitch, yaw, roll
 
-  EulerTrig<T> trig_lane(int j) const {
-    return EulerTrig<T>{trig[0][j], trig[1][j], trig[2][j], trig[3][j], trig[4][j], trig[5][j]};
+  EulerTrig<Geo> trig_lane(int j) const {
+    return EulerTrig<Geo>{trig[0][j], trig[1][j], trig[2][j], trig[3][j], trig[4][j], trig[5][j]};
   }
 };
 
@@ -91,12 +99,12 @@ template <typename T, int RB>
 WSC_ALWAYS_INLINE void basis_rows(const Problem<T>& p, const T* coef, int64_t r, T* out) {
   constexpr int V = kLanes<T>;
   const int64_t Ki = p.d.K_id, Ke = p.d.K_exp;
+  // The products are summed from 0 and the mean added last: accumulating onto the mean (~0.5)
+  // would round every one of the K additions at the mean's magnitude.
   T acc[RB][V];
-  for (int i = 0; i < RB; ++i) {
-    const T m = p.mean[r + i];
+  for (int i = 0; i < RB; ++i)
 #pragma omp simd
-    for (int j = 0; j < V; ++j) acc[i][j] = m;
-  }
+    for (int j = 0; j < V; ++j) acc[i][j] = T(0);
   for (int64_t k = 0; k < Ki; ++k) {
     const T* c = coef + k * V;
     for (int i = 0; i < RB; ++i) {
@@ -113,9 +121,11 @@ WSC_ALWAYS_INLINE void basis_rows(const Problem<T>& p, const T* coef, int64_t r,
       for (int j = 0; j < V; ++j) acc[i][j] += b * c[j];
     }
   }
-  for (int i = 0; i < RB; ++i)
+  for (int i = 0; i < RB; ++i) {
+    const T m = p.mean[r + i];
 #pragma omp simd
-    for (int j = 0; j < V; ++j) out[(r + i) * V + j] = acc[i][j];
+    for (int j = 0; j < V; ++j) out[(r + i) * V + j] = m + acc[i][j];
+  }
 }
 
 // grad[n0 + j][k + i] = sum_r basis[r][k + i] dp[r][j] for RB columns starting at k.
@@ -153,116 +163,125 @@ WSC_ALWAYS_INLINE void in_groups(int64_t count, FR&& rb, F4&& four, F1&& one) {
 }
 
 // Copy a (S, width) row-major slab starting at row n0 into lane-major (width, V), padding with 0.
-template <typename T>
-WSC_ALWAYS_INLINE void to_lanes(const T* src, int64_t width, const Block<T>& b, T* dst) {
-  constexpr int V = kLanes<T>;
-  if (b.S < V) std::fill(dst, dst + width * V, T(0));
-  for (int64_t j = 0; j < b.S; ++j) {
-    const T* s = src + (b.n0 + j) * width;
-    for (int64_t q = 0; q < width; ++q) dst[q * V + j] = s[q];
+template <int V, typename T, typename D>
+WSC_ALWAYS_INLINE void to_lanes(const T* src, int64_t width, int64_t n0, int64_t S, D* dst) {
+  if (S < V) std::fill(dst, dst + width * V, D(0));
+  for (int64_t j = 0; j < S; ++j) {
+    const T* s = src + (n0 + j) * width;
+    for (int64_t q = 0; q < width; ++q) dst[q * V + j] = static_cast<D>(s[q]);
   }
 }
 
-// Per-sample rotation and translation (padding lanes: identity pose).
+// Per-sample rotation and translation (padding lanes: identity pose), targets and weights.
 template <typename T>
-WSC_ALWAYS_INLINE void setup_poses(const Problem<T>& p, Block<T>& b) {
+WSC_ALWAYS_INLINE void setup_lanes(const Problem<T>& p, Block<T>& b) {
   constexpr int V = kLanes<T>;
+  const int64_t L = p.d.L;
   for (int j = 0; j < V; ++j) {
     const bool real = j < b.S;
     const T* a = p.angles + (b.n0 + j) * 3;
     const T* t = p.translation + (b.n0 + j) * 3;
-    const EulerTrig<T> e = euler_trig<T>(real ? a[0] : T(0), real ? a[1] : T(0), real ? a[2] : T(0));
-    const T trig[6] = {e.sp, e.cp, e.sy, e.cy, e.sr, e.cr};
+    const EulerTrig<Geo> e = euler_trig<Geo>(real ? a[0] : T(0), real ? a[1] : T(0), real ? a[2] : T(0));
+    const Geo trig[6] = {e.sp, e.cp, e.sy, e.cy, e.sr, e.cr};
     for (int i = 0; i < 6; ++i) b.trig[i][j] = trig[i];
-    T R[9];
+    Geo R[9];
     rotation_matrix(e, R);
     for (int i = 0; i < 9; ++i) b.R[i][j] = R[i];
     b.tx[j] = real ? t[0] : T(0);
     b.ty[j] = real ? t[1] : T(0);
     b.tz[j] = real ? t[2] : T(0);
   }
-}
-
-template <typename T>
-WSC_ALWAYS_INLINE void setup_targets_and_weights(const Problem<T>& p, Block<T>& b) {
-  constexpr int V = kLanes<T>;
-  const int64_t L = p.d.L;
-  to_lanes(p.target, 2 * L, b, b.target);
+  to_lanes<V>(p.target, 2 * L, b.n0, b.S, b.target);
   if (p.d.per_sample_weights) {
-    to_lanes(p.weights, L, b, b.weights);
+    to_lanes<V>(p.weights, L, b.n0, b.S, b.weights);
   } else {
     for (int64_t l = 0; l < L; ++l)
       for (int j = 0; j < V; ++j) b.weights[l * V + j] = j < b.S ? p.weights[l] : T(0);
   }
 }
 
-// Camera-space point and projection of landmark l in lane j.
-template <typename T>
+// Camera-space point and projection residual of landmark l in lane j.
 struct Projected {
-  T px, py, pz, vx, vy, u, w, inv_depth;
+  Geo px, py, pz, vx, vy, du, dw, inv_depth;
 };
 template <typename T>
-WSC_ALWAYS_INLINE Projected<T> project_lane(const Problem<T>& p, const Block<T>& b, int64_t l, int j) {
+WSC_ALWAYS_INLINE Projected project_lane(const Problem<T>& p, const Block<T>& b, int64_t l, int j) {
   constexpr int V = kLanes<T>;
-  Projected<T> q;
+  Projected q;
   q.px = b.points[(3 * l) * V + j];
   q.py = b.points[(3 * l + 1) * V + j];
   q.pz = b.points[(3 * l + 2) * V + j];
-  const T R[9] = {b.R[0][j], b.R[1][j], b.R[2][j], b.R[3][j], b.R[4][j], b.R[5][j], b.R[6][j], b.R[7][j], b.R[8][j]};
-  T vz;
+  const Geo R[9] = {b.R[0][j], b.R[1][j], b.R[2][j], b.R[3][j], b.R[4][j], b.R[5][j], b.R[6][j], b.R[7][j], b.R[8][j]};
+  Geo vz;
   transform_point(R, b.tx[j], b.ty[j], b.tz[j], q.px, q.py, q.pz, q.vx, q.vy, vz);
-  project_point(q.vx, q.vy, vz, T(p.cam.focal), T(p.cam.cx), T(p.cam.cy), T(p.cam.distance), q.u, q.w, q.inv_depth);
+  projection_residual<Geo>(q.vx, q.vy, vz, p.cam.focal, p.cam.cx, p.cam.cy, p.cam.distance, b.target[(2 * l) * V + j],
+                         b.target[(2 * l + 1) * V + j], q.du, q.dw, q.inv_depth);
   return q;
 }
 
 template <int Norm, typename T>
 WSC_ALWAYS_INLINE void block_losses(const Problem<T>& p, const Block<T>& b) {
   constexpr int V = kLanes<T>;
-  T weighted[V], weight_sum[V];
+  Geo weighted[V], weight_sum[V];
 #pragma omp simd
-  for (int j = 0; j < V; ++j) weighted[j] = weight_sum[j] = T(0);
+  for (int j = 0; j < V; ++j) weighted[j] = weight_sum[j] = Geo(0);
   for (int64_t l = 0; l < p.d.L; ++l) {
 #pragma omp simd
     for (int j = 0; j < V; ++j) {
-      const Projected<T> q = project_lane(p, b, l, j);
-      const T d = landmark_distance<Norm>(q.u - b.target[(2 * l) * V + j], q.w - b.target[(2 * l + 1) * V + j]);
-      const T wt = b.weights[l * V + j];
-      weighted[j] += wt * d;
+      const Projected q = project_lane(p, b, l, j);
+      const Geo wt = b.weights[l * V + j];
+      weighted[j] += wt * landmark_distance<Norm>(q.du, q.dw);
       weight_sum[j] += wt;
     }
   }
   alignas(64) T loss[V];
 #pragma omp simd
-  for (int j = 0; j < V; ++j) loss[j] = weighted[j] / weight_normaliser(weight_sum[j]);
+  for (int j = 0; j < V; ++j) loss[j] = static_cast<T>(weighted[j] / weight_normaliser(weight_sum[j]));
   std::memcpy(p.per_sample + b.n0, loss, static_cast<size_t>(b.S) * sizeof(T));
 }
+
+// T scratch (points, grads, coefficients) and Geo scratch (targets, weights) of one block.
+template <typename T>
+struct BlockScratch {
+  Scratch<T> values;
+  Scratch<Geo> geometry;
+  Block<T> block;
+
+  BlockScratch(const Problem<T>& p, int64_t n0, bool backward)
+      : values(static_cast<size_t>((3 * p.d.L * (backward ? 2 : 1) + (backward ? 0 : p.d.K_id + p.d.K_exp)) *
+                                   kLanes<T>)),
+        geometry(static_cast<size_t>(3 * p.d.L * kLanes<T>)) {
+    constexpr int V = kLanes<T>;
+    const int64_t rows = 3 * p.d.L;
+    Block<T>& b = block;
+    b.n0 = n0;
+    b.S = std::min<int64_t>(V, p.d.N - n0);
+    b.points = values.data();
+    b.grads = backward ? b.points + rows * V : nullptr;
+    b.coef = backward ? nullptr : b.points + rows * V;
+    b.target = geometry.data();
+    b.weights = b.target + 2 * p.d.L * V;
+  }
+};
 
 template <typename T, int RB>
 WSC_ALWAYS_INLINE void forward_block(const Problem<T>& p, int64_t n0) {
   constexpr int V = kLanes<T>;
-  const int64_t L = p.d.L, rows = 3 * L, K = p.d.K_id + p.d.K_exp;
-  Scratch<T> scratch(static_cast<size_t>((rows + 3 * L + K) * V));
-  Block<T> b;
-  b.n0 = n0;
-  b.S = std::min<int64_t>(V, p.d.N - n0);
-  b.points = scratch.data();
-  b.target = b.points + rows * V;
-  b.weights = b.target + 2 * L * V;
-  b.coef = b.weights + L * V;
-  b.grads = nullptr;
+  const int64_t rows = 3 * p.d.L;
+  BlockScratch<T> scratch(p, n0, false);
+  Block<T>& b = scratch.block;
 
   // Coefficients lane-major, then the landmark rows: the only R*K work of the forward.
-  to_lanes(p.id_coeff, p.d.K_id, b, b.coef);
-  to_lanes(p.exp_coeff, p.d.K_exp, b, b.coef + p.d.K_id * V);
+  to_lanes<V>(p.id_coeff, p.d.K_id, n0, b.S, b.coef);
+  to_lanes<V>(p.exp_coeff, p.d.K_exp, n0, b.S, b.coef + p.d.K_id * V);
   in_groups<RB>(
       rows, [&](int64_t r) { basis_rows<T, RB>(p, b.coef, r, b.points); },
       [&](int64_t r) { basis_rows<T, 4>(p, b.coef, r, b.points); },
       [&](int64_t r) { basis_rows<T, 1>(p, b.coef, r, b.points); });
   for (int64_t r = 0; r < rows; ++r)
-    std::memcpy(p.out_landmarks + r * p.d.N + n0, b.points + r * V, static_cast<size_t>(b.S) * sizeof(T));
+    for (int64_t j = 0; j < b.S; ++j) p.out_landmarks[r * p.d.N + n0 + j] = b.points[r * V + j];
 
-  setup_poses(p, b);
-  setup_targets_and_weights(p, b);
+  setup_lanes(p, b);
   if (p.norm == kLandmarkL1) block_losses<kLandmarkL1>(p, b);
   else block_losses<kLandmarkL2>(p, b);
 }
@@ -272,80 +291,73 @@ template <int Norm, typename T>
 WSC_ALWAYS_INLINE void block_point_grads(const Problem<T>& p, Block<T>& b) {
   constexpr int V = kLanes<T>;
   const int64_t L = p.d.L;
-  T weight_sum[V], scale[V];
+  Geo weight_sum[V], scale[V];
 #pragma omp simd
-  for (int j = 0; j < V; ++j) weight_sum[j] = T(0);
+  for (int j = 0; j < V; ++j) weight_sum[j] = Geo(0);
   for (int64_t l = 0; l < L; ++l)
 #pragma omp simd
     for (int j = 0; j < V; ++j) weight_sum[j] += b.weights[l * V + j];
   for (int j = 0; j < V; ++j)
-    scale[j] = j < b.S ? sample_grad<T>(p.grad, b.n0 + j, p.d.N, p.reduction) / weight_normaliser(weight_sum[j]) : T(0);
-  T gt[3][V], G[9][V];  // dL/dt and dL/dR = sum_l dL/dv_l p_l^T
+    scale[j] = j < b.S ? sample_grad<Geo>(p.grad, b.n0 + j, p.d.N, p.reduction) / weight_normaliser(weight_sum[j])
+                       : Geo(0);
+  Geo gt[3][V], G[9][V];  // dL/dt and dL/dR = sum_l dL/dv_l p_l^T
 #pragma omp simd
   for (int j = 0; j < V; ++j) {
-    for (int i = 0; i < 3; ++i) gt[i][j] = T(0);
-    for (int i = 0; i < 9; ++i) G[i][j] = T(0);
+    for (int i = 0; i < 3; ++i) gt[i][j] = Geo(0);
+    for (int i = 0; i < 9; ++i) G[i][j] = Geo(0);
   }
-  T* grad_target = b.coef;
+  Geo* grad_target = b.target;  // each target is read (by project_lane) before its gradient replaces it
   for (int64_t l = 0; l < L; ++l) {
 #pragma omp simd
     for (int j = 0; j < V; ++j) {
-      const Projected<T> q = project_lane(p, b, l, j);
-      T g_du, g_dw;
-      landmark_distance_grad<Norm>(q.u - b.target[(2 * l) * V + j], q.w - b.target[(2 * l + 1) * V + j], g_du, g_dw);
-      const T s = scale[j] * b.weights[l * V + j];
-      const T gu = s * g_du, gw = s * g_dw;
+      const Projected q = project_lane(p, b, l, j);
+      Geo g_du, g_dw;
+      landmark_distance_grad<Norm>(q.du, q.dw, g_du, g_dw);
+      const Geo s = scale[j] * b.weights[l * V + j];
+      const Geo gu = s * g_du, gw = s * g_dw;
       grad_target[(2 * l) * V + j] = -gu;
       grad_target[(2 * l + 1) * V + j] = -gw;
-      T gx, gy, gz;
-      project_point_vjp(q.vx, q.vy, q.inv_depth, T(p.cam.focal), gu, gw, gx, gy, gz);
+      Geo gx, gy, gz;
+      project_point_vjp<Geo>(q.vx, q.vy, q.inv_depth, p.cam.focal, gu, gw, gx, gy, gz);
       gt[0][j] += gx; gt[1][j] += gy; gt[2][j] += gz;
       G[0][j] += gx * q.px; G[1][j] += gx * q.py; G[2][j] += gx * q.pz;
       G[3][j] += gy * q.px; G[4][j] += gy * q.py; G[5][j] += gy * q.pz;
       G[6][j] += gz * q.px; G[7][j] += gz * q.py; G[8][j] += gz * q.pz;
-      // dL/dp = R^T dL/dv
-      b.grads[(3 * l) * V + j] = b.R[0][j] * gx + b.R[3][j] * gy + b.R[6][j] * gz;
-      b.grads[(3 * l + 1) * V + j] = b.R[1][j] * gx + b.R[4][j] * gy + b.R[7][j] * gz;
-      b.grads[(3 * l + 2) * V + j] = b.R[2][j] * gx + b.R[5][j] * gy + b.R[8][j] * gz;
+      // dL/dp = R^T dL/dv, in T for the product with the bases.
+      b.grads[(3 * l) * V + j] = static_cast<T>(b.R[0][j] * gx + b.R[3][j] * gy + b.R[6][j] * gz);
+      b.grads[(3 * l + 1) * V + j] = static_cast<T>(b.R[1][j] * gx + b.R[4][j] * gy + b.R[7][j] * gz);
+      b.grads[(3 * l + 2) * V + j] = static_cast<T>(b.R[2][j] * gx + b.R[5][j] * gy + b.R[8][j] * gz);
     }
   }
-  alignas(64) T pose_grad[6][V];  // dL/d(pitch, yaw, roll), dL/dt
+  alignas(64) Geo pose_grad[6][V];  // dL/d(pitch, yaw, roll), dL/dt
 #pragma omp simd
   for (int j = 0; j < V; ++j) {
-    const T Gj[9] = {G[0][j], G[1][j], G[2][j], G[3][j], G[4][j], G[5][j], G[6][j], G[7][j], G[8][j]};
+    const Geo Gj[9] = {G[0][j], G[1][j], G[2][j], G[3][j], G[4][j], G[5][j], G[6][j], G[7][j], G[8][j]};
     rotation_angle_grads(b.trig_lane(j), Gj, pose_grad[0][j], pose_grad[1][j], pose_grad[2][j]);
     for (int i = 0; i < 3; ++i) pose_grad[3 + i][j] = gt[i][j];
   }
   for (int64_t j = 0; j < b.S; ++j) {
     const int64_t n = b.n0 + j;
     for (int i = 0; i < 3; ++i) {
-      p.grad_angles[n * 3 + i] = pose_grad[i][j];
-      p.grad_translation[n * 3 + i] = pose_grad[3 + i][j];
+      p.grad_angles[n * 3 + i] = static_cast<T>(pose_grad[i][j]);
+      p.grad_translation[n * 3 + i] = static_cast<T>(pose_grad[3 + i][j]);
     }
     if (p.grad_target)
-      for (int64_t q = 0; q < 2 * L; ++q) p.grad_target[n * 2 * L + q] = grad_target[q * V + j];
+      for (int64_t q = 0; q < 2 * L; ++q) p.grad_target[n * 2 * L + q] = static_cast<T>(grad_target[q * V + j]);
   }
 }
 
 template <typename T, int RB>
 WSC_ALWAYS_INLINE void backward_block(const Problem<T>& p, int64_t n0) {
   constexpr int V = kLanes<T>;
-  const int64_t L = p.d.L, rows = 3 * L;
-  Scratch<T> scratch(static_cast<size_t>((2 * rows + 5 * L) * V));
-  Block<T> b;
-  b.n0 = n0;
-  b.S = std::min<int64_t>(V, p.d.N - n0);
-  b.points = scratch.data();
-  b.grads = b.points + rows * V;
-  b.target = b.grads + rows * V;
-  b.weights = b.target + 2 * L * V;
-  b.coef = b.weights + L * V;
+  const int64_t rows = 3 * p.d.L;
+  BlockScratch<T> scratch(p, n0, true);
+  Block<T>& b = scratch.block;
 
   if (b.S < V) std::fill(b.points, b.points + rows * V, T(0));
   for (int64_t r = 0; r < rows; ++r)
-    std::memcpy(b.points + r * V, p.landmarks + r * p.d.N + n0, static_cast<size_t>(b.S) * sizeof(T));
-  setup_poses(p, b);
-  setup_targets_and_weights(p, b);
+    for (int64_t j = 0; j < b.S; ++j) b.points[r * V + j] = p.landmarks[r * p.d.N + n0 + j];
+  setup_lanes(p, b);
   if (p.norm == kLandmarkL1) block_point_grads<kLandmarkL1>(p, b);
   else block_point_grads<kLandmarkL2>(p, b);
 

@@ -223,14 +223,24 @@ def _loss_shape(n, reduction):
     return (n,) if reduction == "none" else ()
 
 
+def _float64(tensors):
+    """The reference backend evaluates in float64 (and rounds its results to the inputs' dtype):
+    in float32 the pose gradients, sums of residuals of a few pixels each carrying ~1e-5 pixel of
+    rounding, are good to only ~1e-5 of their size, and the reference is what the others are
+    measured against. The fast backends run their per-landmark stage in float64 for the same reason."""
+    return [t.double() if t is not None and t.is_floating_point() else t for t in tensors]
+
+
 def _forward(id_coeff, exp_coeff, angles, translation, target, weights, landmark_mean, landmark_id_basis,
              landmark_exp_basis, full_model, camera, norm, reduction, backend):
     if backend == "reference":
         kw = dict(zip(("focal", "cx", "cy", "camera_distance"), camera), norm=norm, reduction=reduction)
-        points = rest_landmarks(id_coeff, exp_coeff, landmark_mean, landmark_id_basis, landmark_exp_basis, full_model)
-        loss = reference(id_coeff, exp_coeff, angles, translation, target, weights, landmark_mean,
-                         landmark_id_basis, landmark_exp_basis, full_model=full_model, **kw)
-        return loss, points.permute(1, 2, 0).contiguous()
+        inputs = _float64((id_coeff, exp_coeff, angles, translation, target, weights, landmark_mean,
+                           landmark_id_basis, landmark_exp_basis))
+        full = None if full_model is None else _float64(full_model)
+        points = rest_landmarks(*inputs[:2], *inputs[6:], full)
+        loss = reference(*inputs, full_model=full, **kw)
+        return loss.to(id_coeff.dtype), points.permute(1, 2, 0).to(id_coeff.dtype).contiguous()
     device = id_coeff.device
     with on_device(device):
         if backend == "triton":
@@ -250,9 +260,10 @@ def _backward(grad, landmarks, id_coeff, exp_coeff, angles, translation, target,
     """needs: (id_coeff, exp_coeff, target) gradients wanted; the others come back as None."""
     if backend == "reference":
         kw = dict(zip(("focal", "cx", "cy", "camera_distance"), camera), norm=norm, reduction=reduction)
-        grads = list(reference_backward(grad, id_coeff, exp_coeff, angles, translation, target, weights,
-                                        landmark_mean, landmark_id_basis, landmark_exp_basis,
-                                        full_model=full_model, **kw))
+        inputs = _float64((grad, id_coeff, exp_coeff, angles, translation, target, weights, landmark_mean,
+                           landmark_id_basis, landmark_exp_basis))
+        grads = [g.to(angles.dtype) for g in reference_backward(
+            *inputs, full_model=None if full_model is None else _float64(full_model), **kw)]
         for i, need in zip((0, 1, 4), needs):
             if not need:
                 grads[i] = None
@@ -408,3 +419,26 @@ def landmark_loss(id_coeff: torch.Tensor, exp_coeff: torch.Tensor, angles: torch
                                    landmark_id_basis, landmark_exp_basis, full, settings, chosen)
     return _forward_op(id_coeff, exp_coeff, angles, translation, target, weights, landmark_mean, landmark_id_basis,
                        landmark_exp_basis, *full, *settings, chosen)[0]
+
+
+def landmark_loss_for(model, id_coeff: torch.Tensor, exp_coeff: torch.Tensor, angles: torch.Tensor,
+                      translation: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None = None, *,
+                      focal: float, cx: float, cy: float, camera_distance: float = 10.0, norm: str = "l2",
+                      reduction: str = "mean", backend: str = "auto") -> torch.Tensor:
+    """:func:`landmark_loss` with the landmark rows of a :class:`~wscswap_fast.models.morphable.MorphableModel`
+    (any object with ``landmark_mean``, ``landmark_id_basis``, ``landmark_exp_basis`` and
+    ``landmark_weights``; for the reference backend also ``mean_shape``, ``id_basis``, ``exp_basis``
+    and ``landmark_indices``, from which it builds the full mesh).
+
+    weights: (68,) or (N, 68), multiplied by the model's landmark validity weights (a landmark the
+    model does not map never counts); default: the model's weights alone.
+    """
+    model_weights = model.landmark_weights
+    weights = model_weights if weights is None else model_weights * weights
+    full_model = None
+    if _pick(backend, id_coeff.device, id_coeff.dtype) == "reference":
+        full_model = (model.mean_shape, model.id_basis, model.exp_basis, model.landmark_indices)
+    return landmark_loss(id_coeff, exp_coeff, angles, translation, target, weights, model.landmark_mean,
+                         model.landmark_id_basis, model.landmark_exp_basis, focal=focal, cx=cx, cy=cy,
+                         camera_distance=camera_distance, norm=norm, reduction=reduction, full_model=full_model,
+                         backend=backend)

@@ -9,6 +9,10 @@ One program per sample, holding its L landmarks in registers (BLOCK_L lanes):
             dL/dR = sum_l dL/dv_l p_l^T (reduced over the landmarks in registers), then
             dL/dcoeff = basis^T dL/dp a column tile at a time (3L*K multiply-adds).
 Each program reads the bases once (3L*K*4 bytes, shared by all programs through L2).
+The per-landmark stage (pose, projection, residuals, sums over landmarks) runs in float64, as in
+the CPU and CUDA kernels: float32 pixel positions carry ~1e-5 pixel of rounding, which the pose
+gradients' sums of residuals amplify. The camera arrives as float32 scalars (Triton's type for a
+Python float).
 """
 import torch
 import triton
@@ -51,20 +55,35 @@ def _basis_transpose_product(grad_ptr, basis_ptr, K, g_x, g_y, g_z, landmarks, l
 
 @triton.jit
 def _pose(angles_ptr, translation_ptr, n):
-    """Sines and cosines of (pitch, yaw, roll), R = Rz Ry Rx row-major, and t."""
-    pitch = tl.load(angles_ptr + n * 3)
-    yaw = tl.load(angles_ptr + n * 3 + 1)
-    roll = tl.load(angles_ptr + n * 3 + 2)
+    """Sines and cosines of (pitch, yaw, roll), R = Rz Ry Rx row-major, and t; float64."""
+    pitch = tl.load(angles_ptr + n * 3).to(tl.float64)
+    yaw = tl.load(angles_ptr + n * 3 + 1).to(tl.float64)
+    roll = tl.load(angles_ptr + n * 3 + 2).to(tl.float64)
     sp, cp = tl.sin(pitch), tl.cos(pitch)
     sy, cy = tl.sin(yaw), tl.cos(yaw)
     sr, cr = tl.sin(roll), tl.cos(roll)
     r0, r1, r2 = cr * cy, cr * sy * sp - sr * cp, cr * sy * cp + sr * sp
     r3, r4, r5 = sr * cy, sr * sy * sp + cr * cp, sr * sy * cp - cr * sp
     r6, r7, r8 = -sy, cy * sp, cy * cp
-    tx = tl.load(translation_ptr + n * 3)
-    ty = tl.load(translation_ptr + n * 3 + 1)
-    tz = tl.load(translation_ptr + n * 3 + 2)
+    tx = tl.load(translation_ptr + n * 3).to(tl.float64)
+    ty = tl.load(translation_ptr + n * 3 + 1).to(tl.float64)
+    tz = tl.load(translation_ptr + n * 3 + 2).to(tl.float64)
     return sp, cp, sy, cy, sr, cr, r0, r1, r2, r3, r4, r5, r6, r7, r8, tx, ty, tz
+
+
+@triton.jit
+def _residuals(px, py, pz, r0, r1, r2, r3, r4, r5, r6, r7, r8, tx, ty, tz, target_ptr, n, L, lm, live, focal, cx, cy,
+               distance):
+    """Camera-space x, y, 1/depth and the residuals (du, dw) to the targets, in float64 (the camera
+    scalars promote); the constant parts first, as kernels/landmark_loss.h's projection_residual."""
+    px, py, pz = px.to(tl.float64), py.to(tl.float64), pz.to(tl.float64)
+    vx = r0 * px + r1 * py + r2 * pz + tx
+    vy = r3 * px + r4 * py + r5 * pz + ty
+    vz = r6 * px + r7 * py + r8 * pz + tz
+    inv_depth = 1.0 / (distance - vz)
+    du = (cx - tl.load(target_ptr + (n * L + lm) * 2, mask=live, other=0.0).to(tl.float64)) + focal * vx * inv_depth
+    dw = (cy - tl.load(target_ptr + (n * L + lm) * 2 + 1, mask=live, other=0.0).to(tl.float64)) - focal * vy * inv_depth
+    return px, py, pz, vx, vy, inv_depth, du, dw
 
 
 @triton.jit
@@ -75,29 +94,29 @@ def _forward_kernel(id_ptr, exp_ptr, angles_ptr, translation_ptr, target_ptr, we
     n = tl.program_id(0).to(tl.int64)
     lm = tl.arange(0, BLOCK_L)
     live = lm < L
-    px = tl.load(mean_ptr + lm * 3, mask=live, other=0.0)
-    py = tl.load(mean_ptr + lm * 3 + 1, mask=live, other=0.0)
-    pz = tl.load(mean_ptr + lm * 3 + 2, mask=live, other=0.0)
+    # The products are summed from 0 and the mean added last (fewer roundings at the mean's magnitude).
+    px = tl.zeros([BLOCK_L], dtype=tl.float32)
+    py = tl.zeros([BLOCK_L], dtype=tl.float32)
+    pz = tl.zeros([BLOCK_L], dtype=tl.float32)
     px, py, pz = _basis_product(px, py, pz, id_ptr + n * K_ID, id_basis_ptr, K_ID, lm, live, BLOCK_K)
     px, py, pz = _basis_product(px, py, pz, exp_ptr + n * K_EXP, exp_basis_ptr, K_EXP, lm, live, BLOCK_K)
+    px += tl.load(mean_ptr + lm * 3, mask=live, other=0.0)
+    py += tl.load(mean_ptr + lm * 3 + 1, mask=live, other=0.0)
+    pz += tl.load(mean_ptr + lm * 3 + 2, mask=live, other=0.0)
     tl.store(landmarks_ptr + (lm * 3) * N + n, px, mask=live)
     tl.store(landmarks_ptr + (lm * 3 + 1) * N + n, py, mask=live)
     tl.store(landmarks_ptr + (lm * 3 + 2) * N + n, pz, mask=live)
 
     _, _, _, _, _, _, r0, r1, r2, r3, r4, r5, r6, r7, r8, tx, ty, tz = _pose(angles_ptr, translation_ptr, n)
-    vx = r0 * px + r1 * py + r2 * pz + tx
-    vy = r3 * px + r4 * py + r5 * pz + ty
-    vz = r6 * px + r7 * py + r8 * pz + tz
-    inv_depth = 1.0 / (distance - vz)
-    du = cx + focal * vx * inv_depth - tl.load(target_ptr + (n * L + lm) * 2, mask=live, other=0.0)
-    dw = cy - focal * vy * inv_depth - tl.load(target_ptr + (n * L + lm) * 2 + 1, mask=live, other=0.0)
+    _, _, _, _, _, _, du, dw = _residuals(px, py, pz, r0, r1, r2, r3, r4, r5, r6, r7, r8, tx, ty, tz, target_ptr, n,
+                                             L, lm, live, focal, cx, cy, distance)
     if NORM == 0:
         d = du * du + dw * dw
     else:
         d = tl.abs(du) + tl.abs(dw)
-    w = tl.load(weights_ptr + n * weights_sample_stride + lm, mask=live, other=0.0)
+    w = tl.load(weights_ptr + n * weights_sample_stride + lm, mask=live, other=0.0).to(tl.float64)
     loss = tl.sum(w * d, axis=0) / tl.maximum(tl.sum(w, axis=0), WEIGHT_FLOOR)
-    tl.store(per_sample_ptr + n, loss)
+    tl.store(per_sample_ptr + n, loss.to(tl.float32))
 
 
 @triton.jit
@@ -120,32 +139,29 @@ def _backward_kernel(grad_ptr, landmarks_ptr, angles_ptr, translation_ptr, targe
     py = tl.load(landmarks_ptr + (lm * 3 + 1) * N + n, mask=live, other=0.0)
     pz = tl.load(landmarks_ptr + (lm * 3 + 2) * N + n, mask=live, other=0.0)
     sp, cp, sy, cy_, sr, cr, r0, r1, r2, r3, r4, r5, r6, r7, r8, tx, ty, tz = _pose(angles_ptr, translation_ptr, n)
-    vx = r0 * px + r1 * py + r2 * pz + tx
-    vy = r3 * px + r4 * py + r5 * pz + ty
-    vz = r6 * px + r7 * py + r8 * pz + tz
-    inv_depth = 1.0 / (distance - vz)
-    du = cx + focal * vx * inv_depth - tl.load(target_ptr + (n * L + lm) * 2, mask=live, other=0.0)
-    dw = cy - focal * vy * inv_depth - tl.load(target_ptr + (n * L + lm) * 2 + 1, mask=live, other=0.0)
+    px, py, pz, vx, vy, inv_depth, du, dw = _residuals(px, py, pz, r0, r1, r2, r3, r4, r5, r6, r7, r8, tx, ty, tz,
+                                                       target_ptr, n, L, lm, live, focal, cx, cy, distance)
     if NORM == 0:
         g_du = 2.0 * du
         g_dw = 2.0 * dw
     else:
         g_du = _sign(du)
         g_dw = _sign(dw)
-    w = tl.load(weights_ptr + n * weights_sample_stride + lm, mask=live, other=0.0)
-    scale = tl.load(grad_ptr + n * grad_sample_stride) * grad_scale / tl.maximum(tl.sum(w, axis=0), WEIGHT_FLOOR)
+    w = tl.load(weights_ptr + n * weights_sample_stride + lm, mask=live, other=0.0).to(tl.float64)
+    scale = (tl.load(grad_ptr + n * grad_sample_stride).to(tl.float64) * grad_scale
+             / tl.maximum(tl.sum(w, axis=0), WEIGHT_FLOOR))
     gu = scale * w * g_du
     gw = scale * w * g_dw
     if NEED_TARGET:
-        tl.store(grad_target_ptr + (n * L + lm) * 2, -gu, mask=live)
-        tl.store(grad_target_ptr + (n * L + lm) * 2 + 1, -gw, mask=live)
+        tl.store(grad_target_ptr + (n * L + lm) * 2, (-gu).to(tl.float32), mask=live)
+        tl.store(grad_target_ptr + (n * L + lm) * 2 + 1, (-gw).to(tl.float32), mask=live)
     # Projection Jacobian-transpose: dL/dv.
     gx = gu * focal * inv_depth
     gy = -gw * focal * inv_depth
     gz = (gx * vx + gy * vy) * inv_depth
-    tl.store(grad_translation_ptr + n * 3, tl.sum(gx, axis=0))
-    tl.store(grad_translation_ptr + n * 3 + 1, tl.sum(gy, axis=0))
-    tl.store(grad_translation_ptr + n * 3 + 2, tl.sum(gz, axis=0))
+    tl.store(grad_translation_ptr + n * 3, tl.sum(gx, axis=0).to(tl.float32))
+    tl.store(grad_translation_ptr + n * 3 + 1, tl.sum(gy, axis=0).to(tl.float32))
+    tl.store(grad_translation_ptr + n * 3 + 2, tl.sum(gz, axis=0).to(tl.float32))
     # dL/dR = sum_l dL/dv_l p_l^T, then its contraction with dR/dangle (kernels/landmark_loss.h).
     g0, g1, g2 = tl.sum(gx * px, axis=0), tl.sum(gx * py, axis=0), tl.sum(gx * pz, axis=0)
     g3, g4, g5 = tl.sum(gy * px, axis=0), tl.sum(gy * py, axis=0), tl.sum(gy * pz, axis=0)
@@ -155,13 +171,13 @@ def _backward_kernel(grad_ptr, landmarks_ptr, angles_ptr, translation_ptr, targe
     g_yaw = (-g0 * (cr * sy) + g1 * (cr * cy_ * sp) + g2 * (cr * cy_ * cp) - g3 * (sr * sy) + g4 * (sr * cy_ * sp)
              + g5 * (sr * cy_ * cp) - g6 * cy_ - g7 * (sy * sp) - g8 * (sy * cp))
     g_roll = -(g0 * r3 + g1 * r4 + g2 * r5) + (g3 * r0 + g4 * r1 + g5 * r2)
-    tl.store(grad_angles_ptr + n * 3, g_pitch)
-    tl.store(grad_angles_ptr + n * 3 + 1, g_yaw)
-    tl.store(grad_angles_ptr + n * 3 + 2, g_roll)
-    # dL/dp = R^T dL/dv, then the coefficient gradients.
-    dpx = r0 * gx + r3 * gy + r6 * gz
-    dpy = r1 * gx + r4 * gy + r7 * gz
-    dpz = r2 * gx + r5 * gy + r8 * gz
+    tl.store(grad_angles_ptr + n * 3, g_pitch.to(tl.float32))
+    tl.store(grad_angles_ptr + n * 3 + 1, g_yaw.to(tl.float32))
+    tl.store(grad_angles_ptr + n * 3 + 2, g_roll.to(tl.float32))
+    # dL/dp = R^T dL/dv (float32 for the product with the bases), then the coefficient gradients.
+    dpx = (r0 * gx + r3 * gy + r6 * gz).to(tl.float32)
+    dpy = (r1 * gx + r4 * gy + r7 * gz).to(tl.float32)
+    dpz = (r2 * gx + r5 * gy + r8 * gz).to(tl.float32)
     if NEED_ID:
         _basis_transpose_product(grad_id_ptr + n * K_ID, id_basis_ptr, K_ID, dpx, dpy, dpz, lm, live, BLOCK_K)
     if NEED_EXP:
