@@ -111,6 +111,17 @@ def test_sh_vertex_colors_layout_and_ambient():
     assert delta[..., 0].abs().max() == 0 and delta[..., 2].abs().max() == 0
 
 
+def test_sh_vertex_colors_equal_the_basis_expansion():
+    """The quadratic-form evaluation is the 9-band sum, for any normals (unit or not) and channel."""
+    normals = torch.randn((2, 40, 3), dtype=torch.float64)
+    albedo = torch.rand((2, 40, 3), dtype=torch.float64)
+    sh = torch.randn((2, 27), dtype=torch.float64)
+    gamma = sh.view(2, 3, 9).clone()
+    gamma[:, :, 0] += 0.6
+    want = albedo * torch.einsum("nvj,ncj->nvc", sh_basis(normals), gamma)
+    torch.testing.assert_close(sh_vertex_colors(albedo, normals, sh, ambient=0.6), want, atol=1e-12, rtol=0)
+
+
 def test_vertex_normals():
     """A regular octahedron with outward triangles: each vertex normal is its own direction. A flat
     counter-clockwise (seen from +z) grid: every normal is +z."""

@@ -77,16 +77,40 @@ def sh_basis(normals: torch.Tensor) -> torch.Tensor:
     ], dim=-1)
 
 
+def _sh_quadratic_basis(dtype, device) -> torch.Tensor:
+    """B (9, 4, 4) with sh_basis(n)[j] = h^T B[j] h for h = (1, n_x, n_y, n_z): every band is a
+    quadratic form in (1, n), so the irradiance of channel c is h^T (sum_j gamma_cj B[j]) h."""
+    a0c0, a1c1, a2c2 = _A[0] * _C[0], _A[1] * _C[1], _A[2] * _C[2]
+    k6 = 0.5 * a2c2 / math.sqrt(3.0)
+    b = torch.zeros((9, 4, 4), dtype=torch.float64)
+    b[0, 0, 0] = a0c0
+    b[1, 0, 2] = b[1, 2, 0] = -a1c1 / 2  # -a1c1 y
+    b[2, 0, 3] = b[2, 3, 0] = a1c1 / 2  # a1c1 z
+    b[3, 0, 1] = b[3, 1, 0] = -a1c1 / 2  # -a1c1 x
+    b[4, 1, 2] = b[4, 2, 1] = a2c2 / 2  # a2c2 x y
+    b[5, 2, 3] = b[5, 3, 2] = -a2c2 / 2  # -a2c2 y z
+    b[6, 3, 3], b[6, 0, 0] = 3 * k6, -k6  # k6 (3 z^2 - 1)
+    b[7, 1, 3] = b[7, 3, 1] = -a2c2 / 2  # -a2c2 x z
+    b[8, 1, 1], b[8, 2, 2] = 0.5 * a2c2, -0.5 * a2c2  # 0.5 a2c2 (x^2 - y^2)
+    return b.to(dtype=dtype, device=device)
+
+
 def sh_vertex_colors(albedo: torch.Tensor, normals: torch.Tensor, sh_coeffs: torch.Tensor, *,
                      ambient: float = 0.8) -> torch.Tensor:
-    """Per-vertex colour (N, V, 3) = albedo * SH irradiance, as Deep3DFaceRecon's compute_color.
+    """Per-vertex colour (N, V, 3) = albedo * SH irradiance, as Deep3DFaceRecon's compute_color:
+    irradiance[n, v, c] = sum_j sh_basis(normals[n, v])[j] * gamma[n, c, j].
 
     albedo (N, V, 3) in [0, 1]; normals (N, V, 3) unit, camera frame; sh_coeffs (N, 27) laid out
-    (N, 3 channels, 9 bands); `ambient` is added to band 0 of each channel."""
-    gamma = sh_coeffs.view(sh_coeffs.shape[0], 3, 9)
+    (N, 3 channels, 9 bands) = gamma; `ambient` is added to band 0 of each channel. Evaluated as
+    the quadratic form h^T M_c h, h = (1, n), M_c = sum_j gamma_cj B_j (see _sh_quadratic_basis):
+    five per-vertex tensor ops instead of the ~25 of forming the 9 basis values."""
+    n_samples = sh_coeffs.shape[0]
+    gamma = sh_coeffs.view(n_samples, 3, 9)
     gamma = gamma + torch.tensor([ambient] + [0.0] * 8, dtype=gamma.dtype, device=gamma.device)
-    shading = torch.einsum("nvj,ncj->nvc", sh_basis(normals), gamma)
-    return albedo * shading
+    m = torch.einsum("ncj,jab->nacb", gamma, _sh_quadratic_basis(gamma.dtype, gamma.device))  # (N,4,3,4)
+    h = torch.cat([torch.ones_like(normals[..., :1]), normals], dim=-1)  # (N,V,4)
+    hm = torch.bmm(h, m.reshape(n_samples, 4, 12)).view(n_samples, -1, 3, 4)  # h^T M_c, per channel
+    return albedo * (hm * h[:, :, None, :]).sum(-1)
 
 
 def reduce(loss: torch.Tensor, reduction: str) -> torch.Tensor:
