@@ -105,6 +105,19 @@ WSC_HD bool setup_triangle(const A* const v[3], int32_t id, int64_t height, int6
     t.vy[k] = v[k][1];
     t.vz[k] = z;
   }
+  // The pixel range first: most rejected triangles (off-screen, or between pixel centres) leave here.
+  const int64_t min_x = X[0] < X[1] ? (X[0] < X[2] ? X[0] : X[2]) : (X[1] < X[2] ? X[1] : X[2]);
+  const int64_t max_x = X[0] > X[1] ? (X[0] > X[2] ? X[0] : X[2]) : (X[1] > X[2] ? X[1] : X[2]);
+  const int64_t min_y = Y[0] < Y[1] ? (Y[0] < Y[2] ? Y[0] : Y[2]) : (Y[1] < Y[2] ? Y[1] : Y[2]);
+  const int64_t max_y = Y[0] > Y[1] ? (Y[0] > Y[2] ? Y[0] : Y[2]) : (Y[1] > Y[2] ? Y[1] : Y[2]);
+  // Pixel centres 256*j + 128 inside [min, max]: j from ceil((min-128)/256) to floor((max-128)/256).
+  int64_t x0 = -floor_div(128 - min_x, 256), x1 = floor_div(max_x - 128, 256);
+  int64_t y0 = -floor_div(128 - min_y, 256), y1 = floor_div(max_y - 128, 256);
+  x0 = x0 < 0 ? 0 : x0;
+  y0 = y0 < 0 ? 0 : y0;
+  x1 = x1 > width - 1 ? width - 1 : x1;
+  y1 = y1 > height - 1 ? height - 1 : y1;
+  if (x0 > x1 || y0 > y1) return false;
   const int64_t snapped_area = (X[1] - X[0]) * (Y[2] - Y[0]) - (Y[1] - Y[0]) * (X[2] - X[0]);
   const A area = triangle_area<A>(t.vx, t.vy);
   if (snapped_area == 0 || area == A(0)) return false;
@@ -120,18 +133,6 @@ WSC_HD bool setup_triangle(const A* const v[3], int32_t id, int64_t height, int6
     t.eb[k] = dx;
     t.ec[k] = dy * X[a] - dx * Y[a] - (top_left ? 0 : 1);
   }
-  const int64_t min_x = X[0] < X[1] ? (X[0] < X[2] ? X[0] : X[2]) : (X[1] < X[2] ? X[1] : X[2]);
-  const int64_t max_x = X[0] > X[1] ? (X[0] > X[2] ? X[0] : X[2]) : (X[1] > X[2] ? X[1] : X[2]);
-  const int64_t min_y = Y[0] < Y[1] ? (Y[0] < Y[2] ? Y[0] : Y[2]) : (Y[1] < Y[2] ? Y[1] : Y[2]);
-  const int64_t max_y = Y[0] > Y[1] ? (Y[0] > Y[2] ? Y[0] : Y[2]) : (Y[1] > Y[2] ? Y[1] : Y[2]);
-  // Pixel centres 256*j + 128 inside [min, max]: j from ceil((min-128)/256) to floor((max-128)/256).
-  int64_t x0 = -floor_div(128 - min_x, 256), x1 = floor_div(max_x - 128, 256);
-  int64_t y0 = -floor_div(128 - min_y, 256), y1 = floor_div(max_y - 128, 256);
-  x0 = x0 < 0 ? 0 : x0;
-  y0 = y0 < 0 ? 0 : y0;
-  x1 = x1 > width - 1 ? width - 1 : x1;
-  y1 = y1 > height - 1 ? height - 1 : y1;
-  if (x0 > x1 || y0 > y1) return false;
   t.x0 = static_cast<int32_t>(x0);
   t.x1 = static_cast<int32_t>(x1);
   t.y0 = static_cast<int32_t>(y0);

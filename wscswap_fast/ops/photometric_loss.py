@@ -77,7 +77,7 @@ def sh_basis(normals: torch.Tensor) -> torch.Tensor:
     ], dim=-1)
 
 
-def _sh_quadratic_basis(dtype, device) -> torch.Tensor:
+def _sh_quadratic_basis() -> torch.Tensor:
     """B (9, 4, 4) with sh_basis(n)[j] = h^T B[j] h for h = (1, n_x, n_y, n_z): every band is a
     quadratic form in (1, n), so the irradiance of channel c is h^T (sum_j gamma_cj B[j]) h."""
     a0c0, a1c1, a2c2 = _A[0] * _C[0], _A[1] * _C[1], _A[2] * _C[2]
@@ -92,7 +92,11 @@ def _sh_quadratic_basis(dtype, device) -> torch.Tensor:
     b[6, 3, 3], b[6, 0, 0] = 3 * k6, -k6  # k6 (3 z^2 - 1)
     b[7, 1, 3] = b[7, 3, 1] = -a2c2 / 2  # -a2c2 x z
     b[8, 1, 1], b[8, 2, 2] = 0.5 * a2c2, -0.5 * a2c2  # 0.5 a2c2 (x^2 - y^2)
-    return b.to(dtype=dtype, device=device)
+    return b
+
+
+_SH_QUADRATIC = _sh_quadratic_basis()  # built once; float64 on the CPU, cast per call
+_BAND0 = torch.eye(9, dtype=torch.float64)[0]
 
 
 def sh_vertex_colors(albedo: torch.Tensor, normals: torch.Tensor, sh_coeffs: torch.Tensor, *,
@@ -106,8 +110,8 @@ def sh_vertex_colors(albedo: torch.Tensor, normals: torch.Tensor, sh_coeffs: tor
     five per-vertex tensor ops instead of the ~25 of forming the 9 basis values."""
     n_samples = sh_coeffs.shape[0]
     gamma = sh_coeffs.view(n_samples, 3, 9)
-    gamma = gamma + torch.tensor([ambient] + [0.0] * 8, dtype=gamma.dtype, device=gamma.device)
-    m = torch.einsum("ncj,jab->nacb", gamma, _sh_quadratic_basis(gamma.dtype, gamma.device))  # (N,4,3,4)
+    gamma = gamma + ambient * _BAND0.to(dtype=gamma.dtype, device=gamma.device)
+    m = torch.einsum("ncj,jab->nacb", gamma, _SH_QUADRATIC.to(dtype=gamma.dtype, device=gamma.device))  # (N,4,3,4)
     h = torch.cat([torch.ones_like(normals[..., :1]), normals], dim=-1)  # (N,V,4)
     hm = torch.bmm(h, m.reshape(n_samples, 4, 12)).view(n_samples, -1, 3, 4)  # h^T M_c, per channel
     return albedo * (hm * h[:, :, None, :]).sum(-1)
