@@ -1,6 +1,14 @@
 // Binding of the landmark_loss kernels: checks, output allocation, CPU or CUDA dispatch by device
 // and dtype. Inputs may arrive non-contiguous (views); they are made dense here, where it is cheap.
+// landmark_loss() wraps forward and backward in a C++ autograd node, so that an eager training
+// step reaches the backward kernel without a Python frame (see wscswap_fast/ops/landmark_loss.py).
 #include "checks.h"
+
+#include <c10/core/DeviceGuard.h>
+#include <torch/autograd.h>
+#ifdef WSC_WITH_CUDA
+#include <ATen/cuda/CUDAContext.h>
+#endif
 
 #include "../kernels/landmark_loss.h"
 
@@ -66,6 +74,7 @@ std::vector<at::Tensor> landmark_loss_forward(const at::Tensor& id_coeff, const 
                                               const at::Tensor& mean, const at::Tensor& id_basis,
                                               const at::Tensor& exp_basis, double focal, double cx, double cy,
                                               double distance, int64_t norm, int64_t reduction, int64_t stream) {
+  const at::OptionalDeviceGuard device_guard(id_coeff.device());  // kernels launch on the current GPU
   const auto dev = id_coeff.device();
   const auto dt = id_coeff.scalar_type();
   WSC_CHECK_TENSOR(exp_coeff, dev, dt); WSC_CHECK_TENSOR(mean, dev, dt);
@@ -115,6 +124,7 @@ std::vector<at::Tensor> landmark_loss_backward(const at::Tensor& grad, const at:
                                                double focal, double cx, double cy, double distance, int64_t norm,
                                                int64_t reduction, bool need_id, bool need_exp, bool need_target,
                                                int64_t stream) {
+  const at::OptionalDeviceGuard device_guard(angles.device());
   const auto dev = angles.device();
   const auto dt = angles.scalar_type();
   WSC_CHECK_TENSOR(grad, dev, dt); WSC_CHECK_TENSOR(landmarks, dev, dt);
@@ -160,6 +170,61 @@ std::vector<at::Tensor> landmark_loss_backward(const at::Tensor& grad, const at:
     }
   });
   return {grad_id, grad_exp, grad_angles, grad_translation, grad_target};
+}
+
+namespace {
+
+int64_t current_stream(const at::Tensor& t) {
+#ifdef WSC_WITH_CUDA
+  if (t.is_cuda()) return reinterpret_cast<int64_t>(at::cuda::getCurrentCUDAStream(t.device().index()).stream());
+#endif
+  (void)t;
+  return 0;
+}
+
+class LandmarkLossFunction : public torch::autograd::Function<LandmarkLossFunction> {
+ public:
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& id_coeff,
+                            const at::Tensor& exp_coeff, const at::Tensor& angles, const at::Tensor& translation,
+                            const at::Tensor& target, const at::Tensor& weights, const at::Tensor& mean,
+                            const at::Tensor& id_basis, const at::Tensor& exp_basis, double focal, double cx, double cy,
+                            double distance, int64_t norm, int64_t reduction) {
+    std::vector<at::Tensor> out = landmark_loss_forward(id_coeff, exp_coeff, angles, translation, target, weights,
+                                                        mean, id_basis, exp_basis, focal, cx, cy, distance, norm,
+                                                        reduction, current_stream(id_coeff));
+    // The rest-pose landmarks and the inputs the backward reads; nothing else.
+    ctx->save_for_backward({out[1], angles, translation, target, weights, id_basis, exp_basis});
+    ctx->saved_data["camera"] = std::vector<double>{focal, cx, cy, distance};
+    ctx->saved_data["codes"] = std::vector<int64_t>{norm, reduction};
+    return out[0];
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    torch::autograd::variable_list result(15);  // one per input of forward; undefined: no gradient
+    if (!grads[0].defined()) return result;
+    const auto saved = ctx->get_saved_variables();
+    const auto camera = ctx->saved_data["camera"].toDoubleVector();
+    const auto codes = ctx->saved_data["codes"].toIntVector();
+    std::vector<at::Tensor> g = landmark_loss_backward(
+        grads[0], saved[0], saved[1], saved[2], saved[3], saved[4], saved[5], saved[6], camera[0], camera[1],
+        camera[2], camera[3], codes[0], codes[1], ctx->needs_input_grad(0), ctx->needs_input_grad(1),
+        ctx->needs_input_grad(4), current_stream(saved[1]));
+    for (size_t i = 0; i < g.size(); ++i) result[i] = g[i];
+    return result;
+  }
+};
+
+}  // namespace
+
+// The loss, differentiable in id_coeff, exp_coeff, angles, translation and target (an autograd node
+// whose backward calls landmark_loss_backward).
+at::Tensor landmark_loss(const at::Tensor& id_coeff, const at::Tensor& exp_coeff, const at::Tensor& angles,
+                         const at::Tensor& translation, const at::Tensor& target, const at::Tensor& weights,
+                         const at::Tensor& mean, const at::Tensor& id_basis, const at::Tensor& exp_basis, double focal,
+                         double cx, double cy, double distance, int64_t norm, int64_t reduction) {
+  return LandmarkLossFunction::apply(id_coeff, exp_coeff, angles, translation, target, weights, mean, id_basis,
+                                     exp_basis, focal, cx, cy, distance, norm, reduction);
 }
 
 }  // namespace wsc_binding

@@ -34,6 +34,9 @@ std::vector<at::Tensor> landmark_loss_backward(const at::Tensor&, const at::Tens
                                                const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
                                                double, double, double, double, int64_t, int64_t, bool, bool, bool,
                                                int64_t);
+at::Tensor landmark_loss(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                         const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, double, double,
+                         double, double, int64_t, int64_t);
 }  // namespace wsc_binding
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -72,5 +75,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "grad, landmarks, angles, translation, target, weights, id_basis, exp_basis, focal, cx, cy, distance, norm, "
         "reduction, need_id, need_exp, need_target, stream -> [grad_id, grad_exp, grad_angles, grad_translation, "
         "grad_target] (None where not needed)");
+  m.def("landmark_loss", &wsc_binding::landmark_loss,
+        "id_coeff, exp_coeff, angles, translation, target, weights, mean, id_basis, exp_basis, focal, cx, cy, "
+        "distance, norm, reduction -> loss, with a C++ autograd node (backward: landmark_loss_backward)");
   m.def("feather_masks", &wsc_binding::feather_masks, "masks, out, scratch, kernel, feather, stream");
 }

@@ -1,8 +1,9 @@
 // landmark_loss_forward_cpu / landmark_loss_backward_cpu against a naive double-precision loss
 // written here (explicit Rz*Ry*Rx product, the rest pose formed row by row): the double kernels'
 // losses must match it and their gradients must match its central finite differences; the
-// float kernels must match the double kernels. Batches straddle the 16/8-sample lane blocks
-// and reach the multi-threaded path; guard elements after every output catch stray writes.
+// float kernels must match the double kernels. Batches of 1, 7, 9, 17 and 40 take every mix of
+// full (16 floats, 8 doubles), padded and narrow tail blocks (4 floats, 2 doubles) and reach the
+// multi-threaded path; guard elements after every output catch stray writes.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -240,8 +241,9 @@ int main() {
   const Case cases[] = {
       {1, 68, 80, 64, false, wsc::kLandmarkL2, wsc::kReduceMean},
       {7, 68, 63, 6, true, wsc::kLandmarkL1, wsc::kReduceNone},
-      {17, 5, 1, 1, false, wsc::kLandmarkL2, wsc::kReduceSum},   // 16 + 1: a second, almost empty block
-      {9, 13, 21, 0, true, wsc::kLandmarkL2, wsc::kReduceNone},  // no expression components
+      {17, 5, 1, 1, false, wsc::kLandmarkL2, wsc::kReduceSum},   // a full block and a narrow one
+      {18, 6, 4, 3, true, wsc::kLandmarkL1, wsc::kReduceMean},   // float: full + narrow (2); double: 2 full + narrow
+      {9, 13, 21, 0, true, wsc::kLandmarkL2, wsc::kReduceNone},  // no expression components; a padded full block
       {40, 68, 29, 7, false, wsc::kLandmarkL1, wsc::kReduceMean},  // several blocks, multi-threaded
   };
   for (const Case& c : cases) check_case(rng, c);

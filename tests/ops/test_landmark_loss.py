@@ -278,6 +278,19 @@ def test_torch_compile_fullgraph_no_graph_break(backend):
         torch.testing.assert_close(a, b)
 
 
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
+def test_opcheck(backend):
+    """Schema, fake (meta) implementations and AOT dispatch of the two ops torch.compile traces."""
+    args = [t.float() for t in _inputs(3, 5, 4, _generator(5), "per_sample")]
+    settings = (*(None,) * 4, *CAMERA.values(), "l2", "none")
+    torch.library.opcheck(torch.ops.wscswap.landmark_loss.default, (*args, *settings, backend))
+    _, landmarks = torch.ops.wscswap.landmark_loss(*args, *settings, backend)
+    grad = torch.randn(3, generator=_generator(6))
+    for needs in ((True, True, True), (False, True, False)):
+        torch.library.opcheck(torch.ops.wscswap.landmark_loss_backward.default,
+                              (grad, landmarks, *args, *settings, *needs, backend))
+
+
 def _bad(change):
     args = [t.float() for t in _inputs(2, 5, 4, _generator(1))]
     kw = dict(CAMERA)

@@ -36,6 +36,8 @@ The reference backend builds the full mesh and indexes it when given ``full_mode
 it uses the gathered landmark rows like the other backends. ``full_model`` is for the reference
 only (the fast backends never touch the full mesh): with another backend it raises.
 """
+import os
+
 import torch
 
 from .._ext import extension
@@ -173,7 +175,45 @@ def _check_full_model(full_model, ref, num_landmarks, k_id, k_exp):
 
 def check_inputs(id_coeff, exp_coeff, angles, translation, target, weights, landmark_mean, landmark_id_basis,
                  landmark_exp_basis, focal, cx, cy, camera_distance, norm, reduction, full_model):
-    """Validate once, here: every backend may assume what this guarantees."""
+    """Validate once, here: every backend may assume what this guarantees. The common case is
+    recognised in a few microseconds (this runs in every training step); anything else goes
+    through the argument-by-argument checks, which name what is wrong or accept it."""
+    if full_model is None and _plainly_valid(id_coeff, exp_coeff, angles, translation, target, weights, landmark_mean,
+                                             landmark_id_basis, landmark_exp_basis, focal, cx, cy, camera_distance,
+                                             norm, reduction):
+        return
+    _check_each(id_coeff, exp_coeff, angles, translation, target, weights, landmark_mean, landmark_id_basis,
+                landmark_exp_basis, focal, cx, cy, camera_distance, norm, reduction, full_model)
+
+
+def _plainly_valid(id_coeff, exp_coeff, angles, translation, target, weights, landmark_mean, landmark_id_basis,
+                   landmark_exp_basis, focal, cx, cy, camera_distance, norm, reduction) -> bool:
+    """True only for inputs _check_each accepts: the same conditions, without the messages."""
+    tensors = (id_coeff, exp_coeff, angles, translation, target, weights, landmark_mean, landmark_id_basis,
+               landmark_exp_basis)
+    if not all(isinstance(t, torch.Tensor) for t in tensors):
+        return False
+    dtype, device = id_coeff.dtype, id_coeff.device
+    if dtype not in FLOAT_DTYPES or any(t.dtype != dtype or t.device != device for t in tensors[1:]):
+        return False
+    if id_coeff.dim() != 2 or landmark_mean.dim() != 2 or landmark_exp_basis.dim() != 3:
+        return False
+    n, k_id = id_coeff.shape
+    num_landmarks, k_exp = landmark_mean.shape[0], landmark_exp_basis.shape[2]
+    if (landmark_mean.shape[1] != 3 or landmark_id_basis.shape != (num_landmarks, 3, k_id)
+            or landmark_exp_basis.shape[:2] != (num_landmarks, 3) or exp_coeff.shape != (n, k_exp)
+            or angles.shape != (n, 3) or translation.shape != (n, 3) or target.shape != (n, num_landmarks, 2)
+            or weights.shape not in ((num_landmarks,), (n, num_landmarks))):
+        return False
+    if torch.is_grad_enabled() and (weights.requires_grad or landmark_mean.requires_grad
+                                    or landmark_id_basis.requires_grad or landmark_exp_basis.requires_grad):
+        return False
+    return (all(type(v) in (int, float) for v in (focal, cx, cy, camera_distance)) and norm in _NORM_CODE
+            and reduction in _REDUCTION_CODE)
+
+
+def _check_each(id_coeff, exp_coeff, angles, translation, target, weights, landmark_mean, landmark_id_basis,
+                landmark_exp_basis, focal, cx, cy, camera_distance, norm, reduction, full_model):
     args = (id_coeff, exp_coeff, angles, translation, target, weights, landmark_mean, landmark_id_basis,
             landmark_exp_basis)
     _checks.tensor("id_coeff", id_coeff, dims=2, dtypes=FLOAT_DTYPES)
@@ -281,13 +321,19 @@ def _backward(grad, landmarks, id_coeff, exp_coeff, angles, translation, target,
             _NORM_CODE[norm], _REDUCTION_CODE[reduction], *needs, cuda_stream(device))
 
 
-# Two ops, forward and backward, stitched together by an autograd.Function. Not custom_op with
-# register_autograd: that wrapper costs ~200 us per call for an op with this many arguments
-# (torch/_library/autograd.py calls utils.fill_defaults, which rebuilds the schema's argument list
-# once per argument: quadratic in the argument count) and custom_op's own dispatch ~18 us against
-# ~4 us for an op defined with torch.library.Library; this op runs inside every training step and
-# its kernels take ~50 us. Both ops have fake implementations and the Function is traceable, so
-# torch.compile(fullgraph=True) keeps the whole loss in one graph.
+# Two ops, forward and backward, stitched together by an autograd.Function: what torch.compile
+# traces (both ops have fake implementations and the Function is traceable, so
+# torch.compile(fullgraph=True) keeps the whole loss in one graph), and what runs the reference and
+# triton backends. Not custom_op with register_autograd: that wrapper costs ~200 us per call for an
+# op with this many arguments (torch/_library/autograd.py calls utils.fill_defaults, which rebuilds
+# the schema's argument list once per argument: quadratic in the argument count) and custom_op's
+# own dispatch ~18 us against ~4 us for an op defined with torch.library.Library.
+#
+# In eager mode the cpu and cuda backends skip all of it: wscswap_fast._C.landmark_loss is the same
+# forward kernel under a C++ autograd node whose backward calls the same backward kernel, so a
+# training step pays no Python frame between the loss and its gradient. The fixed cost of a
+# forward+backward falls from ~130 us to ~XX us (N=1), next to ~60 us of kernels at N=64 (BFM).
+_NATIVE = ("cpu", "cuda")
 _lib = torch.library.Library("wscswap", "FRAGMENT")
 _TENSORS = ("Tensor id_coeff, Tensor exp_coeff, Tensor angles, Tensor translation, Tensor target, Tensor weights, "
             "Tensor landmark_mean, Tensor landmark_id_basis, Tensor landmark_exp_basis, Tensor? mean_shape, "
@@ -371,9 +417,17 @@ class _LandmarkLoss(torch.autograd.Function):
         return (*(next(grads) if w else None for w in wanted), None, None, None, None, None, None, None)
 
 
+_PICKED = {}
+
+
 @torch.compiler.assume_constant_result
 def _pick(backend: str, device: torch.device, dtype: torch.dtype) -> str:
-    return resolve("landmark_loss", backend, device, {"id_coeff": dtype}, SUPPORTED)
+    """resolve(), remembered per (request, environment, device, dtype): what it depends on."""
+    key = (backend, os.environ.get("WSCSWAP_BACKEND"), os.environ.get("TRITON_INTERPRET"), device, dtype)
+    chosen = _PICKED.get(key)
+    if chosen is None:
+        chosen = _PICKED[key] = resolve("landmark_loss", backend, device, {"id_coeff": dtype}, SUPPORTED)
+    return chosen
 
 
 def landmark_loss(id_coeff: torch.Tensor, exp_coeff: torch.Tensor, angles: torch.Tensor, translation: torch.Tensor,
@@ -411,6 +465,10 @@ def landmark_loss(id_coeff: torch.Tensor, exp_coeff: torch.Tensor, angles: torch
     if full_model is not None and chosen != "reference":
         raise ValueError(f"full_model is for the reference backend only, and this call runs on {chosen!r} "
                          "(the fast backends use the gathered landmark rows): pass backend='reference'")
+    if chosen in _NATIVE and not torch.compiler.is_compiling():
+        return extension.landmark_loss(id_coeff, exp_coeff, angles, translation, target, weights, landmark_mean,
+                                       landmark_id_basis, landmark_exp_basis, float(focal), float(cx), float(cy),
+                                       float(camera_distance), _NORM_CODE[norm], _REDUCTION_CODE[reduction])
     settings = (float(focal), float(cx), float(cy), float(camera_distance), norm, reduction)
     full = (None,) * 4 if full_model is None else tuple(full_model)
     if torch.is_grad_enabled() and (id_coeff.requires_grad or exp_coeff.requires_grad or angles.requires_grad

@@ -1,0 +1,26 @@
+"""pytest bench/ --benchmark-only -k landmark_loss: landmark_loss forward+backward at batch 64 on the
+SFM-sized and BFM-sized synthetic models of benchmarks/landmark_loss.py, each contender in one group."""
+import pytest
+import torch
+
+from wscswap_fast import ops
+from wscswap_fast.benchmarks.landmark_loss import BATCH, MODELS, contenders, flops, gathered_eager, make_case, make_model
+
+CONTENDERS = ["eager full mesh", "eager", "torch.compile", "cpu", "cuda", "triton"]
+_COMPILED = torch.compile(gathered_eager, dynamic=False)
+
+
+@pytest.mark.parametrize("contender", CONTENDERS)
+@pytest.mark.parametrize("model_name", list(MODELS))
+def test_landmark_loss_forward_backward(benchmark, device, sync, contender, model_name):
+    if contender in ops.BACKENDS and ops.available()[contender] is not True:
+        pytest.skip(f"{contender}: {ops.available()[contender]}")
+    if contender in ("cuda", "triton") and device.type != "cuda" or contender == "cpu" and device.type != "cpu":
+        pytest.skip(f"{contender} does not run on {device}")
+    model = make_model(*MODELS[model_name], device)
+    leaves, rest = make_case(model, BATCH["full"], device)
+    step = contenders(model, leaves, rest, device, _COMPILED)[contender]
+    benchmark.group = f"landmark_loss fwd+bwd {model_name} N={BATCH['full']} {device}"
+    benchmark.extra_info["flops"] = flops(model, BATCH["full"])
+    slow = contender == "eager full mesh"
+    benchmark.pedantic(lambda: (step(), sync()), warmup_rounds=2 if slow else 10, rounds=20 if slow else 200)
