@@ -227,12 +227,16 @@ def test_gradcheck_float64(backend):
 
 
 def test_torch_compile_fullgraph_no_graph_break():
+    """The fused op and the plain-PyTorch SH shading around it compile as one graph."""
     torch._dynamo.reset()
     image, vertices, triangles, colors, mask = _inputs(2, 12, 14, 8, 5, torch.float32)
-    leaves = [t.requires_grad_() for t in (vertices, colors)]
+    normals = torch.nn.functional.normalize(torch.randn_like(colors), dim=-1)
+    sh = 0.3 * torch.randn((2, 27))
+    leaves = [t.requires_grad_() for t in (vertices, colors, sh)]
 
-    def step(v, c):
-        return photometric_loss(image, v, triangles, vertex_colors=c * 0.5 + 0.25, mask=mask) * 3
+    def step(v, c, s):
+        return photometric_loss(image, v, triangles, albedo=c * 0.5 + 0.25, normals=normals, sh_coeffs=s,
+                                mask=mask) * 3
 
     explanation = torch._dynamo.explain(step)(*leaves)
     assert explanation.graph_break_count == 0, explanation.break_reasons
