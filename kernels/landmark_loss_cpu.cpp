@@ -47,19 +47,24 @@ constexpr int kWide = static_cast<int>(64 / sizeof(T));
 template <typename T>
 constexpr int kNarrow = static_cast<int>(16 / sizeof(T));
 
-// 64-byte aligned scratch for one block (a few tens of KB: too large for the stack with big K).
-template <typename T>
-class Scratch {
- public:
-  explicit Scratch(size_t n) : p_(static_cast<T*>(::operator new((n ? n : 1) * sizeof(T), std::align_val_t(64)))) {}
-  ~Scratch() { ::operator delete(p_, std::align_val_t(64)); }
-  Scratch(const Scratch&) = delete;
-  Scratch& operator=(const Scratch&) = delete;
-  T* data() const { return p_; }
-
- private:
-  T* p_;
-};
+// 64-byte aligned scratch of the calling thread, kept between calls (a block needs a few tens of
+// KB; allocating them per block cost ~3% of a call). Slot 0 holds T values, slot 1 the Geo ones.
+inline void* thread_scratch(size_t bytes, int slot) {
+  struct Buffer {
+    void* p = nullptr;
+    size_t size = 0;
+    ~Buffer() { ::operator delete(p, std::align_val_t(64)); }
+  };
+  thread_local Buffer buffers[2];
+  Buffer& b = buffers[slot];
+  if (b.size < bytes) {
+    ::operator delete(b.p, std::align_val_t(64));
+    b.p = nullptr;
+    b.p = ::operator new(bytes, std::align_val_t(64));
+    b.size = bytes;
+  }
+  return b.p;
+}
 
 template <typename T>
 struct Problem {
@@ -202,13 +207,19 @@ WSC_ALWAYS_INLINE void narrow_columns(const T* basis, int64_t K, int64_t rows, c
   }
 }
 
-// Copy a (S, width) row-major slab starting at row n0 into lane-major (width, V), padding with 0.
+// Copy a (S, width) row-major slab starting at row n0 into lane-major (width, V), padding with 0:
+// one full vector written per item (the reads gather across the S rows).
 template <int V, typename T, typename D>
 WSC_ALWAYS_INLINE void to_lanes(const T* src, int64_t width, int64_t n0, int64_t S, D* dst) {
-  if (S < V) std::fill(dst, dst + width * V, D(0));
-  for (int64_t j = 0; j < S; ++j) {
-    const T* s = src + (n0 + j) * width;
-    for (int64_t q = 0; q < width; ++q) dst[q * V + j] = static_cast<D>(s[q]);
+  const T* s = src + n0 * width;
+  if (S == V) {
+    for (int64_t q = 0; q < width; ++q)
+#pragma omp simd
+      for (int j = 0; j < V; ++j) dst[q * V + j] = static_cast<D>(s[j * width + q]);
+  } else {
+    for (int64_t q = 0; q < width; ++q)
+#pragma omp simd
+      for (int j = 0; j < V; ++j) dst[q * V + j] = j < S ? static_cast<D>(s[j * width + q]) : D(0);
   }
 }
 
@@ -277,33 +288,26 @@ WSC_ALWAYS_INLINE void block_losses(const Problem<T>& p, const Block<T, V>& b) {
   std::memcpy(p.per_sample + b.n0, loss, static_cast<size_t>(b.S) * sizeof(T));
 }
 
-// T scratch (points, grads, coefficients) and Geo scratch (targets, weights) of one block.
+// A block over the thread's scratch: T values (points, grads, coefficients), Geo values (targets,
+// weights).
 template <typename T, int V>
-struct BlockScratch {
-  Scratch<T> values;
-  Scratch<Geo> geometry;
-  Block<T, V> block;
-
-  BlockScratch(const Problem<T>& p, int64_t n0, bool backward)
-      : values(static_cast<size_t>((3 * p.d.L * (backward ? 2 : 1) + (backward ? 0 : p.d.K_id + p.d.K_exp)) * V)),
-        geometry(static_cast<size_t>(3 * p.d.L * V)) {
-    const int64_t rows = 3 * p.d.L;
-    Block<T, V>& b = block;
-    b.n0 = n0;
-    b.S = std::min<int64_t>(V, p.d.N - n0);
-    b.points = values.data();
-    b.grads = backward ? b.points + rows * V : nullptr;
-    b.coef = backward ? nullptr : b.points + rows * V;
-    b.target = geometry.data();
-    b.weights = b.target + 2 * p.d.L * V;
-  }
-};
+WSC_ALWAYS_INLINE void init_block(const Problem<T>& p, int64_t n0, bool backward, Block<T, V>& b) {
+  const int64_t rows = 3 * p.d.L;
+  const int64_t values = (backward ? 2 * rows : rows + p.d.K_id + p.d.K_exp) * V;
+  b.n0 = n0;
+  b.S = std::min<int64_t>(V, p.d.N - n0);
+  b.points = static_cast<T*>(thread_scratch(static_cast<size_t>(values) * sizeof(T), 0));
+  b.grads = backward ? b.points + rows * V : nullptr;
+  b.coef = backward ? nullptr : b.points + rows * V;
+  b.target = static_cast<Geo*>(thread_scratch(static_cast<size_t>(3 * p.d.L * V) * sizeof(Geo), 1));
+  b.weights = b.target + 2 * p.d.L * V;
+}
 
 template <typename T, int V, int RB>
 WSC_ALWAYS_INLINE void forward_block(const Problem<T>& p, int64_t n0) {
   const int64_t rows = 3 * p.d.L;
-  BlockScratch<T, V> scratch(p, n0, false);
-  Block<T, V>& b = scratch.block;
+  Block<T, V> b;
+  init_block(p, n0, false, b);
 
   // The landmark rows: the only R*K work of the forward.
   if constexpr (V == kNarrow<T>) {
@@ -387,8 +391,8 @@ WSC_ALWAYS_INLINE void block_point_grads(const Problem<T>& p, Block<T, V>& b) {
 template <typename T, int V, int RB>
 WSC_ALWAYS_INLINE void backward_block(const Problem<T>& p, int64_t n0) {
   const int64_t rows = 3 * p.d.L;
-  BlockScratch<T, V> scratch(p, n0, true);
-  Block<T, V>& b = scratch.block;
+  Block<T, V> b;
+  init_block(p, n0, true, b);
 
   if (b.S < V) std::fill(b.points, b.points + rows * V, T(0));
   for (int64_t r = 0; r < rows; ++r)
@@ -471,7 +475,8 @@ BlockFn<T> backward_fn() {
 }
 
 // Below ~64k multiply-adds a parallel region costs more than it saves (and stalls when the other
-// core is busy), so small calls run on the calling thread.
+// core is busy), so small calls run on the calling thread. Blocks are handed out one at a time,
+// so a thread that wakes late takes fewer of them instead of delaying the whole call.
 constexpr int64_t kParallelMin = 1 << 16;
 
 // Full blocks, then the rest of the batch: a narrow block when it is under a quarter of a full
@@ -486,7 +491,7 @@ void for_each_block(const Problem<T>& p, BlockFn<T> fn) {
   const int64_t narrow = narrow_rest ? (rest + S - 1) / S : 0;
   const int64_t tasks = wide + narrow;
   const int64_t work = p.d.N * 3 * p.d.L * (p.d.K_id + p.d.K_exp + 16);
-#pragma omp parallel for schedule(static) if (tasks > 1 && work >= kParallelMin)
+#pragma omp parallel for schedule(dynamic, 1) if (tasks > 1 && work >= kParallelMin)
   for (int64_t task = 0; task < tasks; ++task) {
     if (task < wide) fn(p, task * W, false);
     else fn(p, wide * W + (task - wide) * S, true);
