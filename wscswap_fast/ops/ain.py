@@ -36,7 +36,7 @@ def reference_forward(h, gamma_id, beta_id, gamma_att, beta_att, mask_weight, ma
     st = _stats_dtype(h.dtype)
     x = h.to(st)
     mean = x.mean(dim=(2, 3))
-    var = x.var(dim=(2, 3), unbiased=False)
+    var = (x - mean[:, :, None, None]).square().mean(dim=(2, 3))  # biased, as instance_norm
     rstd = torch.rsqrt(var + eps)
     hn = (x - mean[:, :, None, None]) * rstd[:, :, None, None]
     logit = (hn * mask_weight.to(st)[None, :, None, None]).sum(dim=1, keepdim=True) + mask_bias.to(st)
