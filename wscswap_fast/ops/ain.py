@@ -79,21 +79,34 @@ def memory_format(h: torch.Tensor) -> torch.memory_format:
     return torch.contiguous_format
 
 
+# The CUDA kernels keep a channels_last pixel's channels in one warp group's registers: up to
+# 1024 channels (kernels/ain.cu). Wider channels_last inputs run the NCHW kernels on a copy.
+CUDA_CHANNELS_LAST_MAX_C = 1024
+
+
+def _kernel_format(h: torch.Tensor, backend: str) -> torch.memory_format:
+    fmt = memory_format(h)
+    if backend == "cuda" and fmt == torch.channels_last and h.shape[1] > CUDA_CHANNELS_LAST_MAX_C:
+        return torch.contiguous_format
+    return fmt
+
+
 def _forward(h, gamma_id, beta_id, gamma_att, beta_att, mask_weight, mask_bias, eps, backend):
     fmt = memory_format(h)
     if backend == "reference":
         out, m, mean, rstd = reference_forward(h, gamma_id, beta_id, gamma_att, beta_att, mask_weight, mask_bias, eps)
         return out.contiguous(memory_format=fmt), m.contiguous(), mean, rstd
-    h, gamma_att, beta_att = (t.contiguous(memory_format=fmt) for t in (h, gamma_att, beta_att))
+    kfmt = _kernel_format(h, backend)
+    h, gamma_att, beta_att = (t.contiguous(memory_format=kfmt) for t in (h, gamma_att, beta_att))
     gamma_id, beta_id, mask_weight, mask_bias = (t.contiguous() for t in (gamma_id, beta_id, mask_weight, mask_bias))
     n, c, hh, ww = h.shape
     st = _stats_dtype(h.dtype)
-    out = torch.empty_like(h, memory_format=fmt)
+    out = torch.empty_like(h, memory_format=kfmt)
     m = torch.empty((n, 1, hh, ww), dtype=st, device=h.device)
     mean = torch.empty((n, c), dtype=st, device=h.device)
     rstd = torch.empty((n, c), dtype=st, device=h.device)
     args = (h, gamma_id, beta_id, gamma_att, beta_att, mask_weight, mask_bias, out, m, mean, rstd, float(eps),
-            fmt == torch.channels_last)
+            kfmt == torch.channels_last)
     with on_device(h.device):
         if backend == "triton":
             from ..triton import ain as triton_ain
@@ -101,7 +114,7 @@ def _forward(h, gamma_id, beta_id, gamma_att, beta_att, mask_weight, mask_bias, 
             triton_ain.ain_forward(*args)
         else:
             extension.ain_forward(*args, cuda_stream(h.device))
-    return out, m, mean, rstd
+    return out.contiguous(memory_format=fmt), m, mean, rstd
 
 
 def _backward(grad_out, grad_mask, h, gamma_id, beta_id, gamma_att, beta_att, mask_weight, mask_bias, m, mean, rstd,
@@ -113,14 +126,15 @@ def _backward(grad_out, grad_mask, h, gamma_id, beta_id, gamma_att, beta_att, ma
         inputs = (h, gamma_id, beta_id, gamma_att, beta_att, mask_weight, mask_bias)
         return tuple(g.to(t.dtype).contiguous(memory_format=fmt) if g.dim() == 4 else g.to(t.dtype)
                      for g, t in zip(grads, inputs))
-    grad_out, h, gamma_att, beta_att = (t.contiguous(memory_format=fmt) for t in (grad_out, h, gamma_att, beta_att))
+    kfmt = _kernel_format(h, backend)
+    grad_out, h, gamma_att, beta_att = (t.contiguous(memory_format=kfmt) for t in (grad_out, h, gamma_att, beta_att))
     gamma_id, beta_id, mask_weight = (t.contiguous() for t in (gamma_id, beta_id, mask_weight))
     grad_mask = None if grad_mask is None else grad_mask.to(h.dtype).contiguous()
-    grads = [torch.empty_like(h, memory_format=fmt), torch.empty_like(gamma_id), torch.empty_like(beta_id),
-             torch.empty_like(h, memory_format=fmt), torch.empty_like(h, memory_format=fmt),
+    grads = [torch.empty_like(h, memory_format=kfmt), torch.empty_like(gamma_id), torch.empty_like(beta_id),
+             torch.empty_like(h, memory_format=kfmt), torch.empty_like(h, memory_format=kfmt),
              torch.empty_like(mask_weight), torch.empty_like(mask_bias)]
     args = (grad_out, grad_mask, h, gamma_id, beta_id, gamma_att, beta_att, mask_weight, m, mean, rstd, *grads,
-            fmt == torch.channels_last)
+            kfmt == torch.channels_last)
     with on_device(h.device):
         if backend == "triton":
             from ..triton import ain as triton_ain
@@ -128,7 +142,7 @@ def _backward(grad_out, grad_mask, h, gamma_id, beta_id, gamma_att, beta_att, ma
             triton_ain.ain_backward(*args)
         else:
             extension.ain_backward(*args, cuda_stream(h.device))
-    return tuple(grads)
+    return tuple(g.contiguous(memory_format=fmt) if g.dim() == 4 else g for g in grads)
 
 
 def reference_backward(grad_out, grad_mask, h, gamma_id, beta_id, gamma_att, beta_att, mask_weight, m, mean, rstd):
