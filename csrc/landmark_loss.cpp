@@ -21,6 +21,9 @@ struct LandmarkInputs {
   wsc::LandmarkLossDims dims;
 };
 
+// t itself when already dense (the usual case: no dispatcher round trip), else a dense copy.
+at::Tensor dense(const at::Tensor& t) { return t.is_contiguous() ? t : t.contiguous(); }
+
 void check_shape(const at::Tensor& t, at::IntArrayRef expected, const char* name) {
   TORCH_CHECK(t.sizes() == expected, "landmark_loss: ", name, " must have shape ", expected, ", got ", t.sizes());
 }
@@ -41,8 +44,8 @@ LandmarkInputs check_common(int64_t N, const at::Tensor& angles, const at::Tenso
   check_shape(target, {N, L, 2}, "target");
   if (in.dims.per_sample_weights) check_shape(weights, {N, L}, "weights");
   else check_shape(weights, {L}, "weights");
-  in.angles = angles.contiguous(); in.translation = translation.contiguous(); in.target = target.contiguous();
-  in.weights = weights.contiguous(); in.id_basis = id_basis.contiguous(); in.exp_basis = exp_basis.contiguous();
+  in.angles = dense(angles); in.translation = dense(translation); in.target = dense(target);
+  in.weights = dense(weights); in.id_basis = dense(id_basis); in.exp_basis = dense(exp_basis);
   return in;
 }
 
@@ -86,7 +89,7 @@ std::vector<at::Tensor> landmark_loss_forward(const at::Tensor& id_coeff, const 
   check_shape(exp_coeff, {N, d.K_exp}, "exp_coeff");
   check_shape(mean, {d.L, 3}, "mean");
   const int norm_code = check_norm(norm), reduction_code = check_reduction(reduction);
-  const at::Tensor a = id_coeff.contiguous(), e = exp_coeff.contiguous(), m = mean.contiguous();
+  const at::Tensor a = dense(id_coeff), e = dense(exp_coeff), m = dense(mean);
 
   const auto opts = id_coeff.options();
   at::Tensor landmarks = at::empty({d.L, 3, N}, opts);
@@ -136,7 +139,7 @@ std::vector<at::Tensor> landmark_loss_backward(const at::Tensor& grad, const at:
   check_shape(landmarks, {d.L, 3, N}, "landmarks");
   if (reduction_code == wsc::kReduceNone) check_shape(grad, {N}, "grad");
   else TORCH_CHECK(grad.numel() == 1, "landmark_loss_backward: grad must be a scalar, got ", grad.sizes());
-  const at::Tensor g = grad.contiguous(), lm = landmarks.contiguous();
+  const at::Tensor g = dense(grad), lm = dense(landmarks);
 
   const auto opts = angles.options();
   at::Tensor grad_id = need_id ? at::empty({N, d.K_id}, opts) : at::Tensor();

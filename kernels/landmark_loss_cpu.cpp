@@ -207,6 +207,21 @@ WSC_ALWAYS_INLINE void narrow_columns(const T* basis, int64_t K, int64_t rows, c
   }
 }
 
+// dst[r * dst_stride + j] = src[r * src_stride + j] for j < S: the block's samples of each row of
+// the (L,3,N) landmarks, one vector per row when the block is full.
+template <int V, typename T>
+WSC_ALWAYS_INLINE void copy_rows(const T* src, int64_t src_stride, T* dst, int64_t dst_stride, int64_t rows,
+                                 int64_t S) {
+  if (S == V) {
+    for (int64_t r = 0; r < rows; ++r)
+#pragma omp simd
+      for (int j = 0; j < V; ++j) dst[r * dst_stride + j] = src[r * src_stride + j];
+  } else {
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t j = 0; j < S; ++j) dst[r * dst_stride + j] = src[r * src_stride + j];
+  }
+}
+
 // Copy a (S, width) row-major slab starting at row n0 into lane-major (width, V), padding with 0:
 // one full vector written per item (the reads gather across the S rows).
 template <int V, typename T, typename D>
@@ -245,8 +260,11 @@ WSC_ALWAYS_INLINE void setup_lanes(const Problem<T>& p, Block<T, V>& b) {
   if (p.d.per_sample_weights) {
     to_lanes<V>(p.weights, L, b.n0, b.S, b.weights);
   } else {
-    for (int64_t l = 0; l < L; ++l)
-      for (int j = 0; j < V; ++j) b.weights[l * V + j] = j < b.S ? p.weights[l] : T(0);
+    for (int64_t l = 0; l < L; ++l) {
+      const Geo w = p.weights[l];
+#pragma omp simd
+      for (int j = 0; j < V; ++j) b.weights[l * V + j] = j < b.S ? w : Geo(0);
+    }
   }
 }
 
@@ -320,8 +338,7 @@ WSC_ALWAYS_INLINE void forward_block(const Problem<T>& p, int64_t n0) {
         [&](int64_t r) { basis_rows<T, V, 4>(p, b.coef, r, b.points); },
         [&](int64_t r) { basis_rows<T, V, 1>(p, b.coef, r, b.points); });
   }
-  for (int64_t r = 0; r < rows; ++r)
-    for (int64_t j = 0; j < b.S; ++j) p.out_landmarks[r * p.d.N + n0 + j] = b.points[r * V + j];
+  copy_rows<V>(b.points, V, p.out_landmarks + n0, p.d.N, rows, b.S);
 
   setup_lanes(p, b);
   if (p.norm == kLandmarkL1) block_losses<kLandmarkL1>(p, b);
@@ -395,8 +412,7 @@ WSC_ALWAYS_INLINE void backward_block(const Problem<T>& p, int64_t n0) {
   init_block(p, n0, true, b);
 
   if (b.S < V) std::fill(b.points, b.points + rows * V, T(0));
-  for (int64_t r = 0; r < rows; ++r)
-    for (int64_t j = 0; j < b.S; ++j) b.points[r * V + j] = p.landmarks[r * p.d.N + n0 + j];
+  copy_rows<V>(p.landmarks + n0, p.d.N, b.points, V, rows, b.S);
   setup_lanes(p, b);
   if (p.norm == kLandmarkL1) block_point_grads<kLandmarkL1>(p, b);
   else block_point_grads<kLandmarkL2>(p, b);

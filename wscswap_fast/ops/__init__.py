@@ -2,9 +2,9 @@
 from ._backends import BACKENDS, BackendUnavailable, available
 from .ain import ain
 from .blend import blend
-from .landmark_loss import landmark_loss
+from .landmark_loss import landmark_loss, landmark_loss_for
 from .paste_faces import paste_faces
 from .photometric_loss import photometric_loss
 from .rasterize import rasterize
 
-__all__ = ["BACKENDS", "BackendUnavailable", "available", "ain", "blend", "landmark_loss", "paste_faces", "photometric_loss", "rasterize"]
+__all__ = ["BACKENDS", "BackendUnavailable", "available", "ain", "blend", "landmark_loss", "landmark_loss_for", "paste_faces", "photometric_loss", "rasterize"]
