@@ -28,12 +28,11 @@ void photometric_backward(const at::Tensor&, const at::Tensor&, const at::Tensor
                           const std::optional<at::Tensor>&, int64_t);
 std::vector<at::Tensor> landmark_loss_forward(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
                                               const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                                              const at::Tensor&, double, double, double, double, int64_t, int64_t,
-                                              int64_t);
-std::vector<at::Tensor> landmark_loss_backward(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                                               const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                                               double, double, double, double, int64_t, int64_t, bool, bool, bool,
-                                               int64_t);
+                                              const at::Tensor&, double, double, double, double, int64_t, int64_t, bool,
+                                              bool, int64_t);
+std::vector<at::Tensor> landmark_loss_backward(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                               const c10::optional<at::Tensor>&, const at::Tensor&, const at::Tensor&,
+                                               int64_t, bool, bool, int64_t);
 at::Tensor landmark_loss(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
                          const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, double, double,
                          double, double, int64_t, int64_t);
@@ -70,11 +69,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "grad_colors, grad_image (or None), grad_mask (or None), stream");
   m.def("landmark_loss_forward", &wsc_binding::landmark_loss_forward,
         "id_coeff, exp_coeff, angles, translation, target, weights, mean, id_basis, exp_basis, focal, cx, cy, "
-        "distance, norm, reduction, stream -> [loss, landmarks (L,3,N)]");
+        "distance, norm, reduction, need_grads, need_target, stream -> [loss, point_grads (L,3,N), pose_grads (N,6), "
+        "target_grads (N,L,2)] (per-sample gradients; None where not asked for)");
   m.def("landmark_loss_backward", &wsc_binding::landmark_loss_backward,
-        "grad, landmarks, angles, translation, target, weights, id_basis, exp_basis, focal, cx, cy, distance, norm, "
-        "reduction, need_id, need_exp, need_target, stream -> [grad_id, grad_exp, grad_angles, grad_translation, "
-        "grad_target] (None where not needed)");
+        "grad, point_grads, pose_grads, target_grads (or None), id_basis, exp_basis, reduction, need_id, need_exp, "
+        "stream -> [grad_id, grad_exp, grad_angles, grad_translation, grad_target] (None where not asked for)");
   m.def("landmark_loss", &wsc_binding::landmark_loss,
         "id_coeff, exp_coeff, angles, translation, target, weights, mean, id_basis, exp_basis, focal, cx, cy, "
         "distance, norm, reduction -> loss, with a C++ autograd node (backward: landmark_loss_backward)");

@@ -161,37 +161,40 @@ WSC_HD A sample_grad(const T* grad, int64_t n, int64_t N, int reduction) {
 
 // Layout of every pointer below (all dense, row-major):
 //   id_coeff (N,K_id), exp_coeff (N,K_exp), angles (N,3), translation (N,3), target (N,L,2),
-//   weights (N,L) or (L,), mean (L,3), id_basis (L,3,K_id), exp_basis (L,3,K_exp),
-//   landmarks (L,3,N): the rest-pose landmarks p, sample-minor, written by the forward and read
-//   by the backward (the only tensor saved between them besides the inputs).
-// forward writes landmarks, per_sample (N,) and, unless reduction is kReduceNone, loss[0].
-// backward writes grad_angles (N,3), grad_translation (N,3) and, where not null, grad_id (N,K_id),
-// grad_exp (N,K_exp), grad_target (N,L,2). grad is (N,) for kReduceNone, else a scalar.
+//   weights (N,L) or (L,), mean (L,3), id_basis (L,3,K_id), exp_basis (L,3,K_exp).
+// forward writes per_sample (N,) and, unless reduction is kReduceNone, loss[0]. When point_grads
+// is not null it also writes the gradients of each sample's loss (before the incoming gradient
+// multiplies them), computed while the landmarks are at hand, which is all the backward needs:
+//   point_grads (L,3,N), sample-minor: dloss_n/dp, p the rest-pose landmarks;
+//   pose_grads (N,6): dloss_n/d(pitch, yaw, roll, tx, ty, tz);
+//   target_grads (N,L,2): dloss_n/dtarget, when not null.
+// backward, with g_n = dLoss/dloss_n (grad is (N,) for kReduceNone, else a scalar; the mean
+// divides it by N): grad_id = g_n id_basis^T point_grads_n and grad_exp likewise (each when not
+// null; the R*K work), grad_angles, grad_translation (N,3) = g_n pose_grads_n, and grad_target =
+// g_n target_grads_n when not null.
 // CPU entry points (landmark_loss_cpu.cpp), T = float or double.
 template <typename T>
 void landmark_loss_forward_cpu(const LandmarkLossDims& dims, const LandmarkCamera& camera, int norm,
                                int reduction, const T* id_coeff, const T* exp_coeff, const T* angles,
                                const T* translation, const T* target, const T* weights, const T* mean,
-                               const T* id_basis, const T* exp_basis, T* landmarks, T* per_sample, T* loss);
+                               const T* id_basis, const T* exp_basis, T* per_sample, T* loss, T* point_grads,
+                               T* pose_grads, T* target_grads);
 template <typename T>
-void landmark_loss_backward_cpu(const LandmarkLossDims& dims, const LandmarkCamera& camera, int norm,
-                                int reduction, const T* grad, const T* landmarks, const T* angles,
-                                const T* translation, const T* target, const T* weights, const T* id_basis,
-                                const T* exp_basis, T* grad_id, T* grad_exp, T* grad_angles,
-                                T* grad_translation, T* grad_target);
+void landmark_loss_backward_cpu(const LandmarkLossDims& dims, int reduction, const T* grad, const T* point_grads,
+                                const T* pose_grads, const T* target_grads, const T* id_basis, const T* exp_basis,
+                                T* grad_id, T* grad_exp, T* grad_angles, T* grad_translation, T* grad_target);
 
 // CUDA entry points (landmark_loss.cu), T = float; `stream` is a cudaStream_t.
 template <typename T>
 void landmark_loss_forward_cuda(const LandmarkLossDims& dims, const LandmarkCamera& camera, int norm,
                                 int reduction, const T* id_coeff, const T* exp_coeff, const T* angles,
                                 const T* translation, const T* target, const T* weights, const T* mean,
-                                const T* id_basis, const T* exp_basis, T* landmarks, T* per_sample, T* loss,
-                                void* stream);
+                                const T* id_basis, const T* exp_basis, T* per_sample, T* loss, T* point_grads,
+                                T* pose_grads, T* target_grads, void* stream);
 template <typename T>
-void landmark_loss_backward_cuda(const LandmarkLossDims& dims, const LandmarkCamera& camera, int norm,
-                                 int reduction, const T* grad, const T* landmarks, const T* angles,
-                                 const T* translation, const T* target, const T* weights, const T* id_basis,
-                                 const T* exp_basis, T* grad_id, T* grad_exp, T* grad_angles,
-                                 T* grad_translation, T* grad_target, void* stream);
+void landmark_loss_backward_cuda(const LandmarkLossDims& dims, int reduction, const T* grad, const T* point_grads,
+                                 const T* pose_grads, const T* target_grads, const T* id_basis, const T* exp_basis,
+                                 T* grad_id, T* grad_exp, T* grad_angles, T* grad_translation, T* grad_target,
+                                 void* stream);
 
 }  // namespace wsc

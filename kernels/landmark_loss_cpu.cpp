@@ -1,20 +1,25 @@
 // CPU loops for landmark_loss (math in landmark_loss.h). OpenMP over blocks of the batch.
 //
-// Work per sample, R = 3L rows, K = K_id + K_exp: the forward forms the rest-pose landmarks,
-// R*K multiply-adds, then ~40 flops per landmark; the backward ~80 flops per landmark, then the
-// coefficient gradient basis^T @ dL/dp, another R*K multiply-adds. The two R*K products are all
-// that matter: 2 x 204 x 144 = 59k multiply-adds per sample for a BFM-sized model. The bases
-// (R*K values, 117 KB for BFM in fp32) stay in L2 and are shared by the batch, so this is a
-// small GEMM, bound by FMA throughput, not by memory.
+// Work per sample, R = 3L rows, K = K_id + K_exp:
+//   forward:  the rest-pose landmarks, R*K multiply-adds; then per landmark the pose, projection
+//             and distance (~40 flops) and, when gradients are wanted, the gradient of the
+//             sample's loss to the landmark, the pose and the target (~60 flops more), while all
+//             of it is in registers.
+//   backward: the coefficient gradients basis^T @ dL/dp, another R*K multiply-adds, and the
+//             scaling of the saved gradients by the incoming one.
+// The two R*K products are nearly all the work: 2 x 204 x 144 = 59k multiply-adds per sample for
+// a BFM-sized model. The bases (R*K values, 117 KB for BFM in fp32) stay in L2 and are shared by
+// the batch, so this is a small GEMM, bound by FMA throughput, not by memory.
 //
 // A block is V samples (one 64-byte vector of T; 16 bytes for the last one to three samples of a
 // batch, so that a batch of 1 does not pay for 16) with every per-sample quantity stored lane-major,
 // x[i * V + j] = item i of the block's sample j, so each basis value is broadcast once and
-// multiplied into V samples at a time, and the per-landmark math runs V samples per instruction. RB basis rows (forward) or coefficient columns (backward)
-// are accumulated at once to keep the FMA units busy; RB is picked per instruction set (the
-// accumulators must fit the register file), and on x86-64 the block functions are compiled for
-// AVX-512, AVX2+FMA and the baseline and chosen at run time, since the extension itself is
-// built for the baseline (SSE2): AVX-512 runs the products ~5x faster than SSE2 here.
+// multiplied into V samples at a time, and the per-landmark math runs V samples per instruction.
+// RB basis rows (forward) or coefficient columns (backward) are accumulated at once to keep the
+// FMA units busy; RB is picked per instruction set (the accumulators must fit the register file),
+// and on x86-64 the block functions are compiled for AVX-512, AVX2+FMA and the baseline and chosen
+// at run time, since the extension itself is built for the baseline (SSE2): AVX-512 runs the
+// products ~5x faster than SSE2 here.
 //
 // The per-landmark stage (rotation, projection, residuals, their gradients and the sums over
 // landmarks) runs in double for float storage too: float pixel positions carry ~1e-5 pixel of
@@ -72,9 +77,10 @@ struct Problem {
   LandmarkCamera cam;
   int norm, reduction;
   const T *id_coeff, *exp_coeff, *angles, *translation, *target, *weights, *mean, *id_basis, *exp_basis;
-  const T *grad, *landmarks;  // backward
-  T *out_landmarks, *per_sample;  // forward
-  T *grad_id, *grad_exp, *grad_angles, *grad_translation, *grad_target;  // backward
+  T* per_sample;                                   // forward output
+  T *point_grads, *pose_grads, *target_grads;      // forward outputs when gradients are wanted
+  const T* grad;                                   // backward: the incoming gradient
+  T *grad_id, *grad_exp;                           // backward outputs
 };
 
 // The type of the per-landmark stage (see the top of this file).
@@ -84,11 +90,10 @@ using Geo = double;
 template <typename T, int V>
 struct Block {
   int64_t n0, S;  // first sample, samples in the block (<= V; the other lanes are padding)
-  T* points;      // (3L, V) rest-pose landmarks
-  T* grads;       // (3L, V) dL/dp (backward)
-  T* coef;        // (K_id + K_exp, V) coefficients (forward)
-  Geo* target;      // (2L, V); in the backward then overwritten by dL/dtarget
-  Geo* weights;     // (L, V)
+  T* points;      // (3L, V) rest-pose landmarks; then dL/dp
+  T* coef;        // (K_id + K_exp, V) coefficients
+  Geo* target;    // (2L, V); then dL/dtarget
+  Geo* weights;   // (L, V)
   Geo R[9][V], tx[V], ty[V], tz[V];
   Geo trig[6][V];  // sin and cos of pitch, yaw, roll
 
@@ -199,7 +204,7 @@ WSC_ALWAYS_INLINE void narrow_columns(const T* basis, int64_t K, int64_t rows, c
   for (int64_t r = 0; r < rows; ++r) {
     const T* row = basis + r * K;
     for (int64_t j = 0; j < b.S; ++j) {
-      const T g = b.grads[r * V + j];
+      const T g = b.points[r * V + j];
       T* o = out + j * K;
 #pragma omp simd
       for (int64_t k = 0; k < K; ++k) o[k] += row[k] * g;
@@ -207,18 +212,18 @@ WSC_ALWAYS_INLINE void narrow_columns(const T* basis, int64_t K, int64_t rows, c
   }
 }
 
-// dst[r * dst_stride + j] = src[r * src_stride + j] for j < S: the block's samples of each row of
-// the (L,3,N) landmarks, one vector per row when the block is full.
+// dst[r * dst_stride + j] = src[r * src_stride + j] * scale[j] for j < S: the block's samples of
+// each row of an (R, N) array, one vector per row when the block is full.
 template <int V, typename T>
 WSC_ALWAYS_INLINE void copy_rows(const T* src, int64_t src_stride, T* dst, int64_t dst_stride, int64_t rows,
-                                 int64_t S) {
+                                 int64_t S, const T* scale) {
   if (S == V) {
     for (int64_t r = 0; r < rows; ++r)
 #pragma omp simd
-      for (int j = 0; j < V; ++j) dst[r * dst_stride + j] = src[r * src_stride + j];
+      for (int j = 0; j < V; ++j) dst[r * dst_stride + j] = src[r * src_stride + j] * scale[j];
   } else {
     for (int64_t r = 0; r < rows; ++r)
-      for (int64_t j = 0; j < S; ++j) dst[r * dst_stride + j] = src[r * src_stride + j];
+      for (int64_t j = 0; j < S; ++j) dst[r * dst_stride + j] = src[r * src_stride + j] * scale[j];
   }
 }
 
@@ -236,6 +241,18 @@ WSC_ALWAYS_INLINE void to_lanes(const T* src, int64_t width, int64_t n0, int64_t
 #pragma omp simd
       for (int j = 0; j < V; ++j) dst[q * V + j] = j < S ? static_cast<D>(s[j * width + q]) : D(0);
   }
+}
+
+// A block over the thread's scratch: T values (points, coefficients), Geo values (targets, weights).
+template <typename T, int V>
+WSC_ALWAYS_INLINE void init_block(const Problem<T>& p, int64_t n0, Block<T, V>& b) {
+  const int64_t rows = 3 * p.d.L;
+  b.n0 = n0;
+  b.S = std::min<int64_t>(V, p.d.N - n0);
+  b.points = static_cast<T*>(thread_scratch(static_cast<size_t>((rows + p.d.K_id + p.d.K_exp) * V) * sizeof(T), 0));
+  b.coef = b.points + rows * V;
+  b.target = static_cast<Geo*>(thread_scratch(static_cast<size_t>(3 * p.d.L * V) * sizeof(Geo), 1));
+  b.weights = b.target + 2 * p.d.L * V;
 }
 
 // Per-sample rotation and translation (padding lanes: identity pose), targets and weights.
@@ -268,64 +285,108 @@ WSC_ALWAYS_INLINE void setup_lanes(const Problem<T>& p, Block<T, V>& b) {
   }
 }
 
-// Camera-space point and projection residual of landmark l in lane j.
-struct Projected {
-  Geo px, py, pz, vx, vy, du, dw, inv_depth;
+struct Camera {
+  Geo focal, cx, cy, distance;
 };
-template <typename T, int V>
-WSC_ALWAYS_INLINE Projected project_lane(const Problem<T>& p, const Block<T, V>& b, int64_t l, int j) {
-  Projected q;
-  q.px = b.points[(3 * l) * V + j];
-  q.py = b.points[(3 * l + 1) * V + j];
-  q.pz = b.points[(3 * l + 2) * V + j];
-  const Geo R[9] = {b.R[0][j], b.R[1][j], b.R[2][j], b.R[3][j], b.R[4][j], b.R[5][j], b.R[6][j], b.R[7][j], b.R[8][j]};
-  Geo vz;
-  transform_point(R, b.tx[j], b.ty[j], b.tz[j], q.px, q.py, q.pz, q.vx, q.vy, vz);
-  projection_residual<Geo>(q.vx, q.vy, vz, p.cam.focal, p.cam.cx, p.cam.cy, p.cam.distance, b.target[(2 * l) * V + j],
-                         b.target[(2 * l + 1) * V + j], q.du, q.dw, q.inv_depth);
-  return q;
-}
 
-template <int Norm, typename T, int V>
-WSC_ALWAYS_INLINE void block_losses(const Problem<T>& p, const Block<T, V>& b) {
-  Geo weighted[V], weight_sum[V];
+// Landmark l of every lane: its loss term into weighted and, with Grads, its gradients (dloss/dp
+// over pt, dloss/dtarget over tg, and the sums dloss/dt, dloss/dR). A function of restrict
+// pointers, so that the compiler knows the rows do not overlap and vectorises across lanes.
+template <int Norm, bool Grads, typename T, int V>
+WSC_ALWAYS_INLINE void landmark_lanes(T* __restrict pt, Geo* __restrict tg, const Geo* __restrict w,
+                                      const Camera& cam, const Geo (&R)[9][V], const Geo (&t)[3][V],
+                                      const Geo (&inv_weight)[V], Geo (&weighted)[V], Geo (&gt)[3][V],
+                                      Geo (&G)[9][V]) {
 #pragma omp simd
-  for (int j = 0; j < V; ++j) weighted[j] = weight_sum[j] = Geo(0);
-  for (int64_t l = 0; l < p.d.L; ++l) {
-#pragma omp simd
-    for (int j = 0; j < V; ++j) {
-      const Projected q = project_lane(p, b, l, j);
-      const Geo wt = b.weights[l * V + j];
-      weighted[j] += wt * landmark_distance<Norm>(q.du, q.dw);
-      weight_sum[j] += wt;
+  for (int j = 0; j < V; ++j) {
+    const Geo px = pt[j], py = pt[V + j], pz = pt[2 * V + j];
+    const Geo vx = R[0][j] * px + R[1][j] * py + R[2][j] * pz + t[0][j];
+    const Geo vy = R[3][j] * px + R[4][j] * py + R[5][j] * pz + t[1][j];
+    const Geo vz = R[6][j] * px + R[7][j] * py + R[8][j] * pz + t[2][j];
+    Geo du, dw, inv_depth;
+    projection_residual<Geo>(vx, vy, vz, cam.focal, cam.cx, cam.cy, cam.distance, tg[j], tg[V + j], du, dw, inv_depth);
+    weighted[j] += w[j] * landmark_distance<Norm>(du, dw);
+    if constexpr (Grads) {
+      Geo g_du, g_dw;
+      landmark_distance_grad<Norm>(du, dw, g_du, g_dw);
+      const Geo s = inv_weight[j] * w[j];
+      const Geo gu = s * g_du, gw = s * g_dw;
+      tg[j] = -gu;
+      tg[V + j] = -gw;
+      Geo gx, gy, gz;
+      project_point_vjp<Geo>(vx, vy, inv_depth, cam.focal, gu, gw, gx, gy, gz);
+      gt[0][j] += gx; gt[1][j] += gy; gt[2][j] += gz;
+      G[0][j] += gx * px; G[1][j] += gx * py; G[2][j] += gx * pz;
+      G[3][j] += gy * px; G[4][j] += gy * py; G[5][j] += gy * pz;
+      G[6][j] += gz * px; G[7][j] += gz * py; G[8][j] += gz * pz;
+      // dloss/dp = R^T dloss/dv, in T for the product with the bases.
+      pt[j] = static_cast<T>(R[0][j] * gx + R[3][j] * gy + R[6][j] * gz);
+      pt[V + j] = static_cast<T>(R[1][j] * gx + R[4][j] * gy + R[7][j] * gz);
+      pt[2 * V + j] = static_cast<T>(R[2][j] * gx + R[5][j] * gy + R[8][j] * gz);
     }
   }
-  alignas(64) T loss[V];
-#pragma omp simd
-  for (int j = 0; j < V; ++j) loss[j] = static_cast<T>(weighted[j] / weight_normaliser(weight_sum[j]));
-  std::memcpy(p.per_sample + b.n0, loss, static_cast<size_t>(b.S) * sizeof(T));
 }
 
-// A block over the thread's scratch: T values (points, grads, coefficients), Geo values (targets,
-// weights).
-template <typename T, int V>
-WSC_ALWAYS_INLINE void init_block(const Problem<T>& p, int64_t n0, bool backward, Block<T, V>& b) {
-  const int64_t rows = 3 * p.d.L;
-  const int64_t values = (backward ? 2 * rows : rows + p.d.K_id + p.d.K_exp) * V;
-  b.n0 = n0;
-  b.S = std::min<int64_t>(V, p.d.N - n0);
-  b.points = static_cast<T*>(thread_scratch(static_cast<size_t>(values) * sizeof(T), 0));
-  b.grads = backward ? b.points + rows * V : nullptr;
-  b.coef = backward ? nullptr : b.points + rows * V;
-  b.target = static_cast<Geo*>(thread_scratch(static_cast<size_t>(3 * p.d.L * V) * sizeof(Geo), 1));
-  b.weights = b.target + 2 * p.d.L * V;
+// Per-sample losses of the block into p.per_sample; with Grads, also each sample's gradients:
+// dloss/dp replaces b.points, dloss/dtarget replaces b.target, and the pose gradients go to
+// p.pose_grads. Each point and target is read before its gradient overwrites it.
+template <int Norm, bool Grads, typename T, int V>
+WSC_ALWAYS_INLINE void block_landmarks(const Problem<T>& p, Block<T, V>& b) {
+  const int64_t L = p.d.L;
+  const Geo focal = p.cam.focal, cx = p.cam.cx, cy = p.cam.cy, distance = p.cam.distance;
+  alignas(64) Geo R[9][V], t[3][V];
+  for (int i = 0; i < 9; ++i)
+#pragma omp simd
+    for (int j = 0; j < V; ++j) R[i][j] = b.R[i][j];
+#pragma omp simd
+  for (int j = 0; j < V; ++j) {
+    t[0][j] = b.tx[j];
+    t[1][j] = b.ty[j];
+    t[2][j] = b.tz[j];
+  }
+  alignas(64) Geo weighted[V], weight_sum[V], inv_weight[V];
+#pragma omp simd
+  for (int j = 0; j < V; ++j) weighted[j] = weight_sum[j] = Geo(0);
+  for (int64_t l = 0; l < L; ++l) {
+    const Geo* __restrict w = b.weights + l * V;
+#pragma omp simd
+    for (int j = 0; j < V; ++j) weight_sum[j] += w[j];
+  }
+#pragma omp simd
+  for (int j = 0; j < V; ++j) inv_weight[j] = Geo(1) / weight_normaliser(weight_sum[j]);
+  alignas(64) Geo gt[3][V], G[9][V];  // dloss/dt and dloss/dR = sum_l dloss/dv_l p_l^T
+  for (int i = 0; i < 9; ++i)
+#pragma omp simd
+    for (int j = 0; j < V; ++j) G[i][j] = Geo(0);
+  for (int i = 0; i < 3; ++i)
+#pragma omp simd
+    for (int j = 0; j < V; ++j) gt[i][j] = Geo(0);
+  const Camera cam{focal, cx, cy, distance};
+  for (int64_t l = 0; l < L; ++l)
+    landmark_lanes<Norm, Grads, T, V>(b.points + 3 * l * V, b.target + 2 * l * V, b.weights + l * V, cam, R, t,
+                                      inv_weight, weighted, gt, G);
+  alignas(64) T loss[V];
+#pragma omp simd
+  for (int j = 0; j < V; ++j) loss[j] = static_cast<T>(weighted[j] * inv_weight[j]);
+  std::memcpy(p.per_sample + b.n0, loss, static_cast<size_t>(b.S) * sizeof(T));
+  if constexpr (Grads) {
+    alignas(64) Geo pose_grad[6][V];  // dloss/d(pitch, yaw, roll), dloss/dt
+#pragma omp simd
+    for (int j = 0; j < V; ++j) {
+      const Geo Gj[9] = {G[0][j], G[1][j], G[2][j], G[3][j], G[4][j], G[5][j], G[6][j], G[7][j], G[8][j]};
+      rotation_angle_grads(b.trig_lane(j), Gj, pose_grad[0][j], pose_grad[1][j], pose_grad[2][j]);
+      for (int i = 0; i < 3; ++i) pose_grad[3 + i][j] = gt[i][j];
+    }
+    for (int64_t j = 0; j < b.S; ++j)
+      for (int i = 0; i < 6; ++i) p.pose_grads[(b.n0 + j) * 6 + i] = static_cast<T>(pose_grad[i][j]);
+  }
 }
 
 template <typename T, int V, int RB>
 WSC_ALWAYS_INLINE void forward_block(const Problem<T>& p, int64_t n0) {
   const int64_t rows = 3 * p.d.L;
   Block<T, V> b;
-  init_block(p, n0, false, b);
+  init_block(p, n0, b);
 
   // The landmark rows: the only R*K work of the forward.
   if constexpr (V == kNarrow<T>) {
@@ -338,84 +399,36 @@ WSC_ALWAYS_INLINE void forward_block(const Problem<T>& p, int64_t n0) {
         [&](int64_t r) { basis_rows<T, V, 4>(p, b.coef, r, b.points); },
         [&](int64_t r) { basis_rows<T, V, 1>(p, b.coef, r, b.points); });
   }
-  copy_rows<V>(b.points, V, p.out_landmarks + n0, p.d.N, rows, b.S);
-
   setup_lanes(p, b);
-  if (p.norm == kLandmarkL1) block_losses<kLandmarkL1>(p, b);
-  else block_losses<kLandmarkL2>(p, b);
+  const bool grads = p.point_grads != nullptr;
+  if (p.norm == kLandmarkL1) {
+    if (grads) block_landmarks<kLandmarkL1, true>(p, b);
+    else block_landmarks<kLandmarkL1, false>(p, b);
+  } else {
+    if (grads) block_landmarks<kLandmarkL2, true>(p, b);
+    else block_landmarks<kLandmarkL2, false>(p, b);
+  }
+  if (!grads) return;
+  alignas(64) T one[V];
+  for (int j = 0; j < V; ++j) one[j] = T(1);
+  copy_rows<V>(b.points, V, p.point_grads + n0, p.d.N, rows, b.S, one);
+  if (p.target_grads)
+    for (int64_t j = 0; j < b.S; ++j)
+      for (int64_t q = 0; q < 2 * p.d.L; ++q)
+        p.target_grads[(n0 + j) * 2 * p.d.L + q] = static_cast<T>(b.target[q * V + j]);
 }
 
-// dL/dp per landmark (into b.grads), dL/dtarget, and per sample dL/dt and dL/dangles.
-template <int Norm, typename T, int V>
-WSC_ALWAYS_INLINE void block_point_grads(const Problem<T>& p, Block<T, V>& b) {
-  const int64_t L = p.d.L;
-  Geo weight_sum[V], scale[V];
-#pragma omp simd
-  for (int j = 0; j < V; ++j) weight_sum[j] = Geo(0);
-  for (int64_t l = 0; l < L; ++l)
-#pragma omp simd
-    for (int j = 0; j < V; ++j) weight_sum[j] += b.weights[l * V + j];
-  for (int j = 0; j < V; ++j)
-    scale[j] = j < b.S ? sample_grad<Geo>(p.grad, b.n0 + j, p.d.N, p.reduction) / weight_normaliser(weight_sum[j])
-                       : Geo(0);
-  Geo gt[3][V], G[9][V];  // dL/dt and dL/dR = sum_l dL/dv_l p_l^T
-#pragma omp simd
-  for (int j = 0; j < V; ++j) {
-    for (int i = 0; i < 3; ++i) gt[i][j] = Geo(0);
-    for (int i = 0; i < 9; ++i) G[i][j] = Geo(0);
-  }
-  Geo* grad_target = b.target;  // each target is read (by project_lane) before its gradient replaces it
-  for (int64_t l = 0; l < L; ++l) {
-#pragma omp simd
-    for (int j = 0; j < V; ++j) {
-      const Projected q = project_lane(p, b, l, j);
-      Geo g_du, g_dw;
-      landmark_distance_grad<Norm>(q.du, q.dw, g_du, g_dw);
-      const Geo s = scale[j] * b.weights[l * V + j];
-      const Geo gu = s * g_du, gw = s * g_dw;
-      grad_target[(2 * l) * V + j] = -gu;
-      grad_target[(2 * l + 1) * V + j] = -gw;
-      Geo gx, gy, gz;
-      project_point_vjp<Geo>(q.vx, q.vy, q.inv_depth, p.cam.focal, gu, gw, gx, gy, gz);
-      gt[0][j] += gx; gt[1][j] += gy; gt[2][j] += gz;
-      G[0][j] += gx * q.px; G[1][j] += gx * q.py; G[2][j] += gx * q.pz;
-      G[3][j] += gy * q.px; G[4][j] += gy * q.py; G[5][j] += gy * q.pz;
-      G[6][j] += gz * q.px; G[7][j] += gz * q.py; G[8][j] += gz * q.pz;
-      // dL/dp = R^T dL/dv, in T for the product with the bases.
-      b.grads[(3 * l) * V + j] = static_cast<T>(b.R[0][j] * gx + b.R[3][j] * gy + b.R[6][j] * gz);
-      b.grads[(3 * l + 1) * V + j] = static_cast<T>(b.R[1][j] * gx + b.R[4][j] * gy + b.R[7][j] * gz);
-      b.grads[(3 * l + 2) * V + j] = static_cast<T>(b.R[2][j] * gx + b.R[5][j] * gy + b.R[8][j] * gz);
-    }
-  }
-  alignas(64) Geo pose_grad[6][V];  // dL/d(pitch, yaw, roll), dL/dt
-#pragma omp simd
-  for (int j = 0; j < V; ++j) {
-    const Geo Gj[9] = {G[0][j], G[1][j], G[2][j], G[3][j], G[4][j], G[5][j], G[6][j], G[7][j], G[8][j]};
-    rotation_angle_grads(b.trig_lane(j), Gj, pose_grad[0][j], pose_grad[1][j], pose_grad[2][j]);
-    for (int i = 0; i < 3; ++i) pose_grad[3 + i][j] = gt[i][j];
-  }
-  for (int64_t j = 0; j < b.S; ++j) {
-    const int64_t n = b.n0 + j;
-    for (int i = 0; i < 3; ++i) {
-      p.grad_angles[n * 3 + i] = static_cast<T>(pose_grad[i][j]);
-      p.grad_translation[n * 3 + i] = static_cast<T>(pose_grad[3 + i][j]);
-    }
-    if (p.grad_target)
-      for (int64_t q = 0; q < 2 * L; ++q) p.grad_target[n * 2 * L + q] = static_cast<T>(grad_target[q * V + j]);
-  }
-}
-
+// The coefficient gradients of a block: g_n dloss_n/dp (read from the saved (L,3,N) gradients and
+// scaled by the incoming gradient) times the bases.
 template <typename T, int V, int RB>
 WSC_ALWAYS_INLINE void backward_block(const Problem<T>& p, int64_t n0) {
   const int64_t rows = 3 * p.d.L;
   Block<T, V> b;
-  init_block(p, n0, true, b);
-
+  init_block(p, n0, b);
+  alignas(64) T scale[V];
+  for (int j = 0; j < V; ++j) scale[j] = j < b.S ? sample_grad<T>(p.grad, n0 + j, p.d.N, p.reduction) : T(0);
   if (b.S < V) std::fill(b.points, b.points + rows * V, T(0));
-  copy_rows<V>(p.landmarks + n0, p.d.N, b.points, V, rows, b.S);
-  setup_lanes(p, b);
-  if (p.norm == kLandmarkL1) block_point_grads<kLandmarkL1>(p, b);
-  else block_point_grads<kLandmarkL2>(p, b);
+  copy_rows<V>(p.point_grads + n0, p.d.N, b.points, V, rows, b.S, scale);
 
   // dL/dcoeff = basis^T dL/dp: the only R*K work of the backward.
   const auto columns = [&](const T* basis, int64_t K, T* grad) {
@@ -425,9 +438,9 @@ WSC_ALWAYS_INLINE void backward_block(const Problem<T>& p, int64_t n0) {
       return;
     }
     in_groups<RB>(
-        K, [&](int64_t k) { basis_columns<T, V, RB>(basis, K, rows, b.grads, k, b, grad); },
-        [&](int64_t k) { basis_columns<T, V, 4>(basis, K, rows, b.grads, k, b, grad); },
-        [&](int64_t k) { basis_columns<T, V, 1>(basis, K, rows, b.grads, k, b, grad); });
+        K, [&](int64_t k) { basis_columns<T, V, RB>(basis, K, rows, b.points, k, b, grad); },
+        [&](int64_t k) { basis_columns<T, V, 4>(basis, K, rows, b.points, k, b, grad); },
+        [&](int64_t k) { basis_columns<T, V, 1>(basis, K, rows, b.points, k, b, grad); });
   };
   columns(p.id_basis, p.d.K_id, p.grad_id);
   columns(p.exp_basis, p.d.K_exp, p.grad_exp);
@@ -499,15 +512,14 @@ constexpr int64_t kParallelMin = 1 << 16;
 // one (a narrow block costs about a quarter of a full block per sample, measured at BFM size),
 // else one full block, padded.
 template <typename T>
-void for_each_block(const Problem<T>& p, BlockFn<T> fn) {
+void for_each_block(const Problem<T>& p, BlockFn<T> fn, int64_t work_per_sample) {
   constexpr int64_t W = kWide<T>, S = kNarrow<T>;
   const int64_t rest = p.d.N % W;
   const bool narrow_rest = rest > 0 && 4 * rest < W;
   const int64_t wide = p.d.N / W + (rest > 0 && !narrow_rest ? 1 : 0);
   const int64_t narrow = narrow_rest ? (rest + S - 1) / S : 0;
   const int64_t tasks = wide + narrow;
-  const int64_t work = p.d.N * 3 * p.d.L * (p.d.K_id + p.d.K_exp + 16);
-#pragma omp parallel for schedule(dynamic, 1) if (tasks > 1 && work >= kParallelMin)
+#pragma omp parallel for schedule(dynamic, 1) if (tasks > 1 && p.d.N * work_per_sample >= kParallelMin)
   for (int64_t task = 0; task < tasks; ++task) {
     if (task < wide) fn(p, task * W, false);
     else fn(p, wide * W + (task - wide) * S, true);
@@ -520,7 +532,8 @@ template <typename T>
 void landmark_loss_forward_cpu(const LandmarkLossDims& dims, const LandmarkCamera& camera, int norm,
                                int reduction, const T* id_coeff, const T* exp_coeff, const T* angles,
                                const T* translation, const T* target, const T* weights, const T* mean,
-                               const T* id_basis, const T* exp_basis, T* landmarks, T* per_sample, T* loss) {
+                               const T* id_basis, const T* exp_basis, T* per_sample, T* loss, T* point_grads,
+                               T* pose_grads, T* target_grads) {
   Problem<T> p{};
   p.d = dims;
   p.cam = camera;
@@ -528,9 +541,9 @@ void landmark_loss_forward_cpu(const LandmarkLossDims& dims, const LandmarkCamer
   p.reduction = reduction;
   p.id_coeff = id_coeff; p.exp_coeff = exp_coeff; p.angles = angles; p.translation = translation;
   p.target = target; p.weights = weights; p.mean = mean; p.id_basis = id_basis; p.exp_basis = exp_basis;
-  p.out_landmarks = landmarks;
   p.per_sample = per_sample;
-  for_each_block(p, forward_fn<T>());
+  p.point_grads = point_grads; p.pose_grads = pose_grads; p.target_grads = target_grads;
+  for_each_block(p, forward_fn<T>(), 3 * dims.L * (dims.K_id + dims.K_exp + 16));
   if (reduction != kReduceNone) {
     T total = T(0);  // in sample order: the same result on any thread count
     for (int64_t n = 0; n < dims.N; ++n) total += per_sample[n];
@@ -540,30 +553,34 @@ void landmark_loss_forward_cpu(const LandmarkLossDims& dims, const LandmarkCamer
 }
 
 template <typename T>
-void landmark_loss_backward_cpu(const LandmarkLossDims& dims, const LandmarkCamera& camera, int norm,
-                                int reduction, const T* grad, const T* landmarks, const T* angles,
-                                const T* translation, const T* target, const T* weights, const T* id_basis,
-                                const T* exp_basis, T* grad_id, T* grad_exp, T* grad_angles,
-                                T* grad_translation, T* grad_target) {
+void landmark_loss_backward_cpu(const LandmarkLossDims& dims, int reduction, const T* grad, const T* point_grads,
+                                const T* pose_grads, const T* target_grads, const T* id_basis, const T* exp_basis,
+                                T* grad_id, T* grad_exp, T* grad_angles, T* grad_translation, T* grad_target) {
   Problem<T> p{};
   p.d = dims;
-  p.cam = camera;
-  p.norm = norm;
   p.reduction = reduction;
-  p.grad = grad; p.landmarks = landmarks; p.angles = angles; p.translation = translation;
-  p.target = target; p.weights = weights; p.id_basis = id_basis; p.exp_basis = exp_basis;
-  p.grad_id = grad_id; p.grad_exp = grad_exp; p.grad_angles = grad_angles;
-  p.grad_translation = grad_translation; p.grad_target = grad_target;
-  for_each_block(p, backward_fn<T>());
+  p.grad = grad;
+  p.point_grads = const_cast<T*>(point_grads);  // read only in the backward
+  p.id_basis = id_basis; p.exp_basis = exp_basis;
+  p.grad_id = grad_id; p.grad_exp = grad_exp;
+  if (grad_id || grad_exp) for_each_block(p, backward_fn<T>(), 3 * dims.L * (dims.K_id + dims.K_exp));
+  for (int64_t n = 0; n < dims.N; ++n) {
+    const T g = sample_grad<T>(grad, n, dims.N, reduction);
+    for (int i = 0; i < 3; ++i) {
+      grad_angles[n * 3 + i] = g * pose_grads[n * 6 + i];
+      grad_translation[n * 3 + i] = g * pose_grads[n * 6 + 3 + i];
+    }
+    if (grad_target)
+      for (int64_t q = 0; q < 2 * dims.L; ++q) grad_target[n * 2 * dims.L + q] = g * target_grads[n * 2 * dims.L + q];
+  }
 }
 
 #define WSC_INSTANTIATE(T)                                                                                  \
   template void landmark_loss_forward_cpu<T>(const LandmarkLossDims&, const LandmarkCamera&, int, int,       \
                                              const T*, const T*, const T*, const T*, const T*, const T*,     \
-                                             const T*, const T*, const T*, T*, T*, T*);                      \
-  template void landmark_loss_backward_cpu<T>(const LandmarkLossDims&, const LandmarkCamera&, int, int,      \
-                                              const T*, const T*, const T*, const T*, const T*, const T*,    \
-                                              const T*, const T*, T*, T*, T*, T*, T*);
+                                             const T*, const T*, const T*, T*, T*, T*, T*, T*);              \
+  template void landmark_loss_backward_cpu<T>(const LandmarkLossDims&, int, const T*, const T*, const T*,   \
+                                              const T*, const T*, const T*, T*, T*, T*, T*, T*);
 WSC_INSTANTIATE(float)
 WSC_INSTANTIATE(double)
 #undef WSC_INSTANTIATE

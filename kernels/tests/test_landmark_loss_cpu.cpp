@@ -1,6 +1,7 @@
 // landmark_loss_forward_cpu / landmark_loss_backward_cpu against a naive double-precision loss
 // written here (explicit Rz*Ry*Rx product, the rest pose formed row by row): the double kernels'
-// losses must match it and their gradients must match its central finite differences; the
+// losses must match it and their gradients (forward's per-sample gradients scaled by the
+// backward) must match its central finite differences; the
 // float kernels must match the double kernels. Batches of 1, 7, 9, 17 and 40 take every mix of
 // full (16 floats, 8 doubles), padded and narrow tail blocks (4 floats, 2 doubles) and reach the
 // multi-threaded path; guard elements after every output catch stray writes.
@@ -104,7 +105,8 @@ std::vector<T> convert(const std::vector<double>& v) { return std::vector<T>(v.b
 
 template <typename T>
 struct Outputs {
-  std::vector<T> landmarks, per_sample, loss, grad_id, grad_exp, grad_angles, grad_translation, grad_target;
+  std::vector<T> per_sample, loss, point_grads, pose_grads, target_grads, grad_id, grad_exp, grad_angles,
+      grad_translation, grad_target;
 };
 
 template <typename T>
@@ -116,15 +118,19 @@ bool guards_intact(const std::vector<T>& v) {
   return true;
 }
 
+// need_all: every gradient; otherwise the pose gradients only (no coefficient or target gradients).
+// with_grads false: the forward alone, without gradients.
 template <typename T>
-Outputs<T> run(const Case& c, const Inputs& d, const std::vector<double>& grad, bool need_all) {
+Outputs<T> run(const Case& c, const Inputs& d, const std::vector<double>& grad, bool need_all, bool with_grads = true) {
   const auto id = convert<T>(d.id), exp = convert<T>(d.exp), angles = convert<T>(d.angles);
   const auto translation = convert<T>(d.translation), target = convert<T>(d.target), weights = convert<T>(d.weights);
   const auto mean = convert<T>(d.mean), id_basis = convert<T>(d.id_basis), exp_basis = convert<T>(d.exp_basis);
   const auto g = convert<T>(grad);
   Outputs<T> o;
-  o.landmarks = guarded<T>(c.L * 3 * c.N);
   o.per_sample = guarded<T>(c.N);
+  o.point_grads = guarded<T>(c.L * 3 * c.N);
+  o.pose_grads = guarded<T>(c.N * 6);
+  o.target_grads = guarded<T>(c.N * c.L * 2);
   o.loss = guarded<T>(1);
   o.grad_id = guarded<T>(c.N * c.K_id);
   o.grad_exp = guarded<T>(c.N * c.K_exp);
@@ -134,12 +140,15 @@ Outputs<T> run(const Case& c, const Inputs& d, const std::vector<double>& grad, 
   const wsc::LandmarkLossDims dims{c.N, c.L, c.K_id, c.K_exp, c.per_sample_weights};
   wsc::landmark_loss_forward_cpu<T>(dims, kCamera, c.norm, c.reduction, id.data(), exp.data(), angles.data(),
                                     translation.data(), target.data(), weights.data(), mean.data(), id_basis.data(),
-                                    exp_basis.data(), o.landmarks.data(), o.per_sample.data(), o.loss.data());
-  wsc::landmark_loss_backward_cpu<T>(dims, kCamera, c.norm, c.reduction, g.data(), o.landmarks.data(), angles.data(),
-                                     translation.data(), target.data(), weights.data(), id_basis.data(),
-                                     exp_basis.data(), need_all ? o.grad_id.data() : nullptr,
-                                     need_all ? o.grad_exp.data() : nullptr, o.grad_angles.data(),
-                                     o.grad_translation.data(), need_all ? o.grad_target.data() : nullptr);
+                                    exp_basis.data(), o.per_sample.data(), o.loss.data(),
+                                    with_grads ? o.point_grads.data() : nullptr, o.pose_grads.data(),
+                                    need_all ? o.target_grads.data() : nullptr);
+  if (!with_grads) return o;
+  wsc::landmark_loss_backward_cpu<T>(dims, c.reduction, g.data(), o.point_grads.data(), o.pose_grads.data(),
+                                     o.target_grads.data(), id_basis.data(), exp_basis.data(),
+                                     need_all ? o.grad_id.data() : nullptr, need_all ? o.grad_exp.data() : nullptr,
+                                     o.grad_angles.data(), o.grad_translation.data(),
+                                     need_all ? o.grad_target.data() : nullptr);
   return o;
 }
 
@@ -214,26 +223,31 @@ void check_case(std::mt19937& rng, const Case& c) {
 
   const Outputs<float> f = run<float>(c, in, grad, true);
   const std::pair<const std::vector<float>*, const std::vector<double>*> pairs[] = {
-      {&f.per_sample, &d.per_sample}, {&f.landmarks, &d.landmarks}, {&f.grad_id, &d.grad_id},
+      {&f.per_sample, &d.per_sample}, {&f.point_grads, &d.point_grads}, {&f.grad_id, &d.grad_id},
       {&f.grad_exp, &d.grad_exp}, {&f.grad_angles, &d.grad_angles}, {&f.grad_translation, &d.grad_translation},
       {&f.grad_target, &d.grad_target}};
-  const char* names[] = {"losses", "landmarks", "grad id_coeff", "grad exp_coeff", "grad angles", "grad translation",
+  const char* names[] = {"losses", "dloss/dp", "grad id_coeff", "grad exp_coeff", "grad angles", "grad translation",
                          "grad target"};
   for (int i = 0; i < 7; ++i) {
     const std::vector<double> ref = as_double(*pairs[i].second, pairs[i].second->size() - kGuard);
     const double e = rel_err(*pairs[i].first, ref);
     CHECK(e < 1e-5, "%s: float %s off the double kernel by %g", name, names[i], e);
   }
-  for (const auto* v : {&d.landmarks, &d.per_sample, &d.loss, &d.grad_id, &d.grad_exp, &d.grad_angles,
-                        &d.grad_translation, &d.grad_target})
+  for (const auto* v : {&d.per_sample, &d.loss, &d.point_grads, &d.pose_grads, &d.target_grads, &d.grad_id,
+                        &d.grad_exp, &d.grad_angles, &d.grad_translation, &d.grad_target})
     CHECK(guards_intact(*v), "%s: double kernel wrote past the end of an output", name);
 
   // Without the optional gradients: the same pose gradients, nothing written to the others.
   const Outputs<double> partial = run<double>(c, in, grad, false);
   CHECK(partial.grad_angles == d.grad_angles && partial.grad_translation == d.grad_translation,
         "%s: pose gradients change when the coefficient gradients are not asked for", name);
-  CHECK(partial.grad_id[0] == kSentinel && partial.grad_target[0] == kSentinel,
+  CHECK(partial.grad_id[0] == kSentinel && partial.grad_target[0] == kSentinel && partial.target_grads[0] == kSentinel,
         "%s: wrote a gradient that was not asked for", name);
+  // The forward alone: the same losses, no gradient written.
+  const Outputs<double> alone = run<double>(c, in, grad, true, false);
+  CHECK(alone.per_sample == d.per_sample && alone.loss == d.loss, "%s: losses change without gradients", name);
+  CHECK(alone.pose_grads[0] == kSentinel && alone.point_grads[0] == kSentinel,
+        "%s: the forward without gradients wrote one", name);
 }
 
 }  // namespace

@@ -283,12 +283,14 @@ def test_opcheck(backend):
     """Schema, fake (meta) implementations and AOT dispatch of the two ops torch.compile traces."""
     args = [t.float() for t in _inputs(3, 5, 4, _generator(5), "per_sample")]
     settings = (*(None,) * 4, *CAMERA.values(), "l2", "none")
-    torch.library.opcheck(torch.ops.wscswap.landmark_loss.default, (*args, *settings, backend))
-    _, landmarks = torch.ops.wscswap.landmark_loss(*args, *settings, backend)
+    for needs in ((False, False), (True, False), (True, True)):
+        torch.library.opcheck(torch.ops.wscswap.landmark_loss.default, (*args, *settings, *needs, backend))
+    _, (point_grads, pose_grads, target_grads) = torch.ops.wscswap.landmark_loss(*args, *settings, True, True, backend)
     grad = torch.randn(3, generator=_generator(6))
-    for needs in ((True, True, True), (False, True, False)):
+    for saved_target, need_id, need_exp in ((target_grads, True, True), (None, False, True)):
         torch.library.opcheck(torch.ops.wscswap.landmark_loss_backward.default,
-                              (grad, landmarks, *args, *settings, *needs, backend))
+                              (grad, point_grads, pose_grads, saved_target, args[7], args[8], None, None, None, "none",
+                               need_id, need_exp, backend))
 
 
 def _bad(change):

@@ -113,42 +113,48 @@ def rotation_derivatives(angles):
     return torch.stack([rz @ ry @ drx, rz @ dry @ rx, drz @ ry @ rx], dim=1)
 
 
-def reference_backward(grad, id_coeff, exp_coeff, angles, translation, target, weights, landmark_mean,
-                       landmark_id_basis, landmark_exp_basis, *, focal, cx, cy, camera_distance=10.0, norm="l2",
-                       reduction="mean", full_model=None):
-    """The gradients (id_coeff, exp_coeff, angles, translation, target) of ``reference``, written out
-    in plain PyTorch: the chain the fused kernels follow, checked against autograd in the tests."""
+def reference_sample_grads(id_coeff, exp_coeff, angles, translation, target, weights, landmark_mean,
+                           landmark_id_basis, landmark_exp_basis, *, focal, cx, cy, camera_distance=10.0, norm="l2",
+                           full_model=None):
+    """The gradients of each sample's loss (reduction 'none', before the incoming gradient scales
+    them), written out in plain PyTorch, the chain the fused kernels follow: dloss_n/dp (N, L, 3)
+    for the rest-pose landmarks p, dloss_n/d(pitch, yaw, roll, tx, ty, tz) (N, 6) and
+    dloss_n/dtarget (N, L, 2)."""
     n = id_coeff.shape[0]
     points = rest_landmarks(id_coeff, exp_coeff, landmark_mean, landmark_id_basis, landmark_exp_basis, full_model)
     rot = rotation_matrix(angles)
     v = points @ rot.transpose(1, 2) + translation[:, None, :]
     inv_depth = 1.0 / (camera_distance - v[..., 2])
-    uv = perspective(v, focal, cx, cy, camera_distance)
-    diff = uv - target
+    diff = perspective(v, focal, cx, cy, camera_distance) - target
     g_diff = 2 * diff if norm == "l2" else torch.sign(diff)
     w = _per_sample_weights(weights, n)
-    if reduction == "none":
-        g_sample = grad
-    else:
-        g_sample = (grad / n if reduction == "mean" else grad).expand(n)
-    g_uv = g_diff * ((g_sample / w.sum(1).clamp_min(WEIGHT_FLOOR))[:, None] * w)[..., None]
+    g_uv = g_diff * (w / w.sum(1, keepdim=True).clamp_min(WEIGHT_FLOOR))[..., None]
     gx = g_uv[..., 0] * focal * inv_depth
     gy = -g_uv[..., 1] * focal * inv_depth
     gz = (gx * v[..., 0] + gy * v[..., 1]) * inv_depth
     g_v = torch.stack([gx, gy, gz], dim=-1)                      # (N, L, 3)
-    g_rot = g_v.transpose(1, 2) @ points                         # dL/dR = sum_l g_v p^T
+    g_rot = g_v.transpose(1, 2) @ points                         # dloss/dR = sum_l g_v p^T
     grad_angles = (rotation_derivatives(angles) * g_rot[:, None]).sum((-1, -2))
-    g_points = g_v @ rot                                         # R^T g_v per landmark
-    if full_model is not None:
-        mean_shape, id_basis, exp_basis, landmark_indices = full_model
-        g_mesh = torch.zeros((n,) + tuple(mean_shape.shape), dtype=g_points.dtype, device=g_points.device)
-        g_mesh.index_add_(1, landmark_indices, g_points)
-        grad_id = torch.einsum("vck,nvc->nk", id_basis, g_mesh)
-        grad_exp = torch.einsum("vck,nvc->nk", exp_basis, g_mesh)
-    else:
-        grad_id = torch.einsum("lck,nlc->nk", landmark_id_basis, g_points)
-        grad_exp = torch.einsum("lck,nlc->nk", landmark_exp_basis, g_points)
-    return grad_id, grad_exp, grad_angles, g_v.sum(1), -g_uv
+    return g_v @ rot, torch.cat([grad_angles, g_v.sum(1)], dim=1), -g_uv  # dloss/dp = R^T g_v per landmark
+
+
+def reference_coefficient_grads(point_grads, landmark_id_basis, landmark_exp_basis, full_model=None):
+    """basis^T @ dL/dp (N, L, 3) -> (dL/did_coeff, dL/dexp_coeff); with full_model through the full
+    mesh: the landmark gradients scattered onto every vertex, then the full bases."""
+    if full_model is None:
+        return (torch.einsum("lck,nlc->nk", landmark_id_basis, point_grads),
+                torch.einsum("lck,nlc->nk", landmark_exp_basis, point_grads))
+    _, id_basis, exp_basis, landmark_indices = full_model
+    mesh = point_grads.new_zeros((point_grads.shape[0], id_basis.shape[0], 3))
+    mesh.index_add_(1, landmark_indices, point_grads)
+    return torch.einsum("vck,nvc->nk", id_basis, mesh), torch.einsum("vck,nvc->nk", exp_basis, mesh)
+
+
+def _sample_scale(grad, n, reduction):
+    """dLoss/dloss_n (N,) from the incoming gradient."""
+    if reduction == "none":
+        return grad
+    return (grad / n if reduction == "mean" else grad).expand(n)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -285,15 +291,20 @@ def _float64(tensors):
 
 
 def _forward(id_coeff, exp_coeff, angles, translation, target, weights, landmark_mean, landmark_id_basis,
-             landmark_exp_basis, full_model, camera, norm, reduction, backend):
+             landmark_exp_basis, full_model, camera, norm, reduction, need_grads, need_target, backend):
+    """(loss, point_grads (L,3,N), pose_grads (N,6), target_grads (N,L,2)): the per-sample gradients
+    only with need_grads (target_grads with need_target), else None."""
     if backend == "reference":
-        kw = dict(zip(("focal", "cx", "cy", "camera_distance"), camera), norm=norm, reduction=reduction)
+        kw = dict(zip(("focal", "cx", "cy", "camera_distance"), camera), norm=norm)
         inputs = _float64((id_coeff, exp_coeff, angles, translation, target, weights, landmark_mean,
                            landmark_id_basis, landmark_exp_basis))
         full = None if full_model is None else _float64(full_model)
-        points = rest_landmarks(*inputs[:2], *inputs[6:], full)
-        loss = reference(*inputs, full_model=full, **kw)
-        return loss.to(id_coeff.dtype), points.permute(1, 2, 0).to(id_coeff.dtype).contiguous()
+        dtype = id_coeff.dtype
+        loss = reference(*inputs, full_model=full, reduction=reduction, **kw).to(dtype)
+        if not need_grads:
+            return loss, None, None, None
+        point, pose, tgt = reference_sample_grads(*inputs, full_model=full, **kw)
+        return loss, point.permute(1, 2, 0).to(dtype).contiguous(), pose.to(dtype), tgt.to(dtype) if need_target else None
     device = id_coeff.device
     with on_device(device):
         if backend == "triton":
@@ -301,37 +312,42 @@ def _forward(id_coeff, exp_coeff, angles, translation, target, weights, landmark
 
             return triton_landmark_loss.forward(id_coeff, exp_coeff, angles, translation, target, weights,
                                                 landmark_mean, landmark_id_basis, landmark_exp_basis, *camera,
-                                                _NORM_CODE[norm], _REDUCTION_CODE[reduction])
-        loss, landmarks = extension.landmark_loss_forward(
+                                                _NORM_CODE[norm], _REDUCTION_CODE[reduction], need_grads, need_target)
+        return tuple(extension.landmark_loss_forward(
             id_coeff, exp_coeff, angles, translation, target, weights, landmark_mean, landmark_id_basis,
-            landmark_exp_basis, *camera, _NORM_CODE[norm], _REDUCTION_CODE[reduction], cuda_stream(device))
-        return loss, landmarks
+            landmark_exp_basis, *camera, _NORM_CODE[norm], _REDUCTION_CODE[reduction], need_grads, need_target,
+            cuda_stream(device)))
 
 
-def _backward(grad, landmarks, id_coeff, exp_coeff, angles, translation, target, weights, landmark_mean,
-              landmark_id_basis, landmark_exp_basis, full_model, camera, norm, reduction, needs, backend):
-    """needs: (id_coeff, exp_coeff, target) gradients wanted; the others come back as None."""
+def _backward(grad, point_grads, pose_grads, target_grads, landmark_id_basis, landmark_exp_basis, full_model,
+              reduction, need_id, need_exp, backend):
+    """[grad_id, grad_exp, grad_angles, grad_translation, grad_target]: the forward's per-sample
+    gradients times the incoming one; None for id/exp unless asked for, for target unless saved."""
     if backend == "reference":
-        kw = dict(zip(("focal", "cx", "cy", "camera_distance"), camera), norm=norm, reduction=reduction)
-        inputs = _float64((grad, id_coeff, exp_coeff, angles, translation, target, weights, landmark_mean,
-                           landmark_id_basis, landmark_exp_basis))
-        grads = [g.to(angles.dtype) for g in reference_backward(
-            *inputs, full_model=None if full_model is None else _float64(full_model), **kw)]
-        for i, need in zip((0, 1, 4), needs):
-            if not need:
-                grads[i] = None
-        return grads
-    device = angles.device
+        n = pose_grads.shape[0]
+        dtype = pose_grads.dtype
+        grad, point_grads, pose_grads, target_grads, landmark_id_basis, landmark_exp_basis = _float64(
+            (grad, point_grads, pose_grads, target_grads, landmark_id_basis, landmark_exp_basis))
+        scale = _sample_scale(grad, n, reduction)
+        points = point_grads.permute(2, 0, 1) * scale[:, None, None]
+        grad_id = grad_exp = None
+        if need_id or need_exp:
+            grad_id, grad_exp = (g.to(dtype) for g in reference_coefficient_grads(
+                points, landmark_id_basis, landmark_exp_basis, None if full_model is None else _float64(full_model)))
+        pose = (pose_grads * scale[:, None]).to(dtype)
+        return [grad_id if need_id else None, grad_exp if need_exp else None, pose[:, :3].contiguous(),
+                pose[:, 3:].contiguous(),
+                None if target_grads is None else (target_grads * scale[:, None, None]).to(dtype)]
+    device = pose_grads.device
     with on_device(device):
         if backend == "triton":
             from ..triton import landmark_loss as triton_landmark_loss
 
-            return triton_landmark_loss.backward(grad, landmarks, angles, translation, target, weights,
-                                                 landmark_id_basis, landmark_exp_basis, *camera, _NORM_CODE[norm],
-                                                 _REDUCTION_CODE[reduction], *needs)
-        return extension.landmark_loss_backward(
-            grad, landmarks, angles, translation, target, weights, landmark_id_basis, landmark_exp_basis, *camera,
-            _NORM_CODE[norm], _REDUCTION_CODE[reduction], *needs, cuda_stream(device))
+            return triton_landmark_loss.backward(grad, point_grads, pose_grads, target_grads, landmark_id_basis,
+                                                 landmark_exp_basis, _REDUCTION_CODE[reduction], need_id, need_exp)
+        return extension.landmark_loss_backward(grad, point_grads, pose_grads, target_grads, landmark_id_basis,
+                                                landmark_exp_basis, _REDUCTION_CODE[reduction], need_id, need_exp,
+                                                cuda_stream(device))
 
 
 # Two ops, forward and backward, stitched together by an autograd.Function: what torch.compile
@@ -352,48 +368,54 @@ _TENSORS = ("Tensor id_coeff, Tensor exp_coeff, Tensor angles, Tensor translatio
             "Tensor landmark_mean, Tensor landmark_id_basis, Tensor landmark_exp_basis, Tensor? mean_shape, "
             "Tensor? id_basis, Tensor? exp_basis, Tensor? landmark_indices")
 _SETTINGS = "float focal, float cx, float cy, float camera_distance, str norm, str reduction"
-_lib.define(f"landmark_loss({_TENSORS}, {_SETTINGS}, str backend) -> (Tensor loss, Tensor landmarks)")
-_lib.define(f"landmark_loss_backward(Tensor grad, Tensor landmarks, {_TENSORS}, {_SETTINGS}, bool need_id, "
-            "bool need_exp, bool need_target, str backend) -> Tensor[]")
+_lib.define(f"landmark_loss({_TENSORS}, {_SETTINGS}, bool need_grads, bool need_target, str backend) "
+            "-> (Tensor loss, Tensor[] sample_grads)")
+_lib.define("landmark_loss_backward(Tensor grad, Tensor point_grads, Tensor pose_grads, Tensor? target_grads, "
+            "Tensor landmark_id_basis, Tensor landmark_exp_basis, Tensor? id_basis, Tensor? exp_basis, "
+            "Tensor? landmark_indices, str reduction, bool need_id, bool need_exp, str backend) -> Tensor[]")
 
 
 def _full_model_arg(mean_shape, id_basis, exp_basis, landmark_indices):
-    return None if mean_shape is None else (mean_shape, id_basis, exp_basis, landmark_indices)
+    return None if id_basis is None else (mean_shape, id_basis, exp_basis, landmark_indices)
 
 
 def _forward_impl(id_coeff, exp_coeff, angles, translation, target, weights, landmark_mean, landmark_id_basis,
                   landmark_exp_basis, mean_shape, id_basis, exp_basis, landmark_indices, focal, cx, cy,
-                  camera_distance, norm, reduction, backend):
-    return tuple(_forward(id_coeff, exp_coeff, angles, translation, target, weights, landmark_mean,
-                          landmark_id_basis, landmark_exp_basis,
-                          _full_model_arg(mean_shape, id_basis, exp_basis, landmark_indices),
-                          (focal, cx, cy, camera_distance), norm, reduction, backend))
+                  camera_distance, norm, reduction, need_grads, need_target, backend):
+    """(loss, [point_grads, pose_grads] + [target_grads] with need_target; [] without need_grads)."""
+    loss, *grads = _forward(id_coeff, exp_coeff, angles, translation, target, weights, landmark_mean,
+                            landmark_id_basis, landmark_exp_basis,
+                            _full_model_arg(mean_shape, id_basis, exp_basis, landmark_indices),
+                            (focal, cx, cy, camera_distance), norm, reduction, need_grads, need_target, backend)
+    return loss, [g for g in grads if g is not None]
 
 
 def _forward_fake(id_coeff, exp_coeff, angles, translation, target, weights, landmark_mean, landmark_id_basis,
                   landmark_exp_basis, mean_shape, id_basis, exp_basis, landmark_indices, focal, cx, cy,
-                  camera_distance, norm, reduction, backend):
+                  camera_distance, norm, reduction, need_grads, need_target, backend):
     n, num_landmarks = id_coeff.shape[0], landmark_mean.shape[0]
-    return id_coeff.new_empty(_loss_shape(n, reduction)), id_coeff.new_empty((num_landmarks, 3, n))
+    grads = [id_coeff.new_empty((num_landmarks, 3, n)), id_coeff.new_empty((n, 6))] if need_grads else []
+    if need_grads and need_target:
+        grads.append(id_coeff.new_empty((n, num_landmarks, 2)))
+    return id_coeff.new_empty(_loss_shape(n, reduction)), grads
 
 
-def _backward_impl(grad, landmarks, id_coeff, exp_coeff, angles, translation, target, weights, landmark_mean,
-                   landmark_id_basis, landmark_exp_basis, mean_shape, id_basis, exp_basis, landmark_indices, focal,
-                   cx, cy, camera_distance, norm, reduction, need_id, need_exp, need_target, backend):
+def _backward_impl(grad, point_grads, pose_grads, target_grads, landmark_id_basis, landmark_exp_basis, id_basis,
+                   exp_basis, landmark_indices, reduction, need_id, need_exp, backend):
     """The gradients asked for, in the order id_coeff, exp_coeff, angles, translation, target
-    (angles and translation always; the others when need_* is set)."""
-    grads = _backward(grad, landmarks, id_coeff, exp_coeff, angles, translation, target, weights, landmark_mean,
-                      landmark_id_basis, landmark_exp_basis,
-                      _full_model_arg(mean_shape, id_basis, exp_basis, landmark_indices),
-                      (focal, cx, cy, camera_distance), norm, reduction, (need_id, need_exp, need_target), backend)
+    (angles and translation always, target when its per-sample gradient was saved)."""
+    grads = _backward(grad, point_grads, pose_grads, target_grads, landmark_id_basis, landmark_exp_basis,
+                      _full_model_arg(None, id_basis, exp_basis, landmark_indices), reduction, need_id, need_exp,
+                      backend)
     return [g for g in grads if g is not None]
 
 
-def _backward_fake(grad, landmarks, id_coeff, exp_coeff, angles, translation, target, weights, landmark_mean,
-                   landmark_id_basis, landmark_exp_basis, mean_shape, id_basis, exp_basis, landmark_indices, focal,
-                   cx, cy, camera_distance, norm, reduction, need_id, need_exp, need_target, backend):
-    wanted = ((id_coeff, need_id), (exp_coeff, need_exp), (angles, True), (translation, True), (target, need_target))
-    return [torch.empty_like(t, memory_format=torch.contiguous_format) for t, need in wanted if need]
+def _backward_fake(grad, point_grads, pose_grads, target_grads, landmark_id_basis, landmark_exp_basis, id_basis,
+                   exp_basis, landmark_indices, reduction, need_id, need_exp, backend):
+    n = pose_grads.shape[0]
+    wanted = [((n, landmark_id_basis.shape[2]), need_id), ((n, landmark_exp_basis.shape[2]), need_exp),
+              ((n, 3), True), ((n, 3), True), ((n, point_grads.shape[0], 2), target_grads is not None)]
+    return [pose_grads.new_empty(shape) for shape, need in wanted if need]
 
 
 _lib.impl("landmark_loss", _forward_impl, "CompositeExplicitAutograd")
@@ -405,29 +427,29 @@ _backward_op = torch.ops.wscswap.landmark_loss_backward.default
 
 
 class _LandmarkLoss(torch.autograd.Function):
-    """Differentiable in the first five inputs (the coefficients, pose and target)."""
+    """Differentiable in the first five inputs (the coefficients, pose and target). The forward op
+    returns each sample's gradients with the loss; the backward op scales them by the incoming
+    gradient and multiplies the landmark gradients into the bases."""
 
     @staticmethod
     def forward(ctx, id_coeff, exp_coeff, angles, translation, target, weights, landmark_mean, landmark_id_basis,
-                landmark_exp_basis, full_model, settings, backend):
-        loss, landmarks = _forward_op(id_coeff, exp_coeff, angles, translation, target, weights, landmark_mean,
-                                      landmark_id_basis, landmark_exp_basis, *full_model, *settings, backend)
-        ctx.save_for_backward(landmarks, id_coeff, exp_coeff, angles, translation, target, weights, landmark_mean,
-                              landmark_id_basis, landmark_exp_basis, *full_model)
-        ctx.settings = settings
+                landmark_exp_basis, full_model, settings, need_target, backend):
+        loss, grads = _forward_op(id_coeff, exp_coeff, angles, translation, target, weights, landmark_mean,
+                                  landmark_id_basis, landmark_exp_basis, *full_model, *settings, True, need_target,
+                                  backend)
+        mean_shape, id_basis, exp_basis, landmark_indices = full_model
+        ctx.save_for_backward(*grads[:2], grads[2] if need_target else None, landmark_id_basis, landmark_exp_basis,
+                              id_basis, exp_basis, landmark_indices)
+        ctx.reduction = settings[-1]
         ctx.backend = backend
-        ctx.has_full_model = full_model[0] is not None
         return loss
 
     @staticmethod
     def backward(ctx, grad):
-        saved = ctx.saved_tensors
-        full_model = saved[10:] if ctx.has_full_model else (None,) * 4
         need = ctx.needs_input_grad
-        grads = iter(_backward_op(grad, *saved[:10], *full_model, *ctx.settings, need[0], need[1], need[4],
-                                  ctx.backend))
-        wanted = (need[0], need[1], True, True, need[4])
-        return (*(next(grads) if w else None for w in wanted), None, None, None, None, None, None, None)
+        grads = iter(_backward_op(grad, *ctx.saved_tensors, ctx.reduction, need[0], need[1], ctx.backend))
+        wanted = (need[0], need[1], True, True, ctx.saved_tensors[2] is not None)
+        return (*(next(grads) if w else None for w in wanted), None, None, None, None, None, None, None, None)
 
 
 _PICKED = {}
@@ -487,9 +509,10 @@ def landmark_loss(id_coeff: torch.Tensor, exp_coeff: torch.Tensor, angles: torch
     if torch.is_grad_enabled() and (id_coeff.requires_grad or exp_coeff.requires_grad or angles.requires_grad
                                     or translation.requires_grad or target.requires_grad):
         return _LandmarkLoss.apply(id_coeff, exp_coeff, angles, translation, target, weights, landmark_mean,
-                                   landmark_id_basis, landmark_exp_basis, full, settings, chosen)
+                                   landmark_id_basis, landmark_exp_basis, full, settings, target.requires_grad,
+                                   chosen)
     return _forward_op(id_coeff, exp_coeff, angles, translation, target, weights, landmark_mean, landmark_id_basis,
-                       landmark_exp_basis, *full, *settings, chosen)[0]
+                       landmark_exp_basis, *full, *settings, False, False, chosen)[0]
 
 
 def landmark_loss_for(model, id_coeff: torch.Tensor, exp_coeff: torch.Tensor, angles: torch.Tensor,
