@@ -200,6 +200,7 @@ def test_reference_full_mesh_matches_gathered_rows_on_cpu():
 def test_reference_uses_the_camera_module():
     """The loss of one landmark, written out with wscswap_fast.models.camera's rotation and projection."""
     args = _inputs(2, 3, 2, _generator(), num_landmarks=1)
+    args[5] = torch.ones(1, dtype=torch.float64)  # the one landmark counts (a random weight may be 0)
     id_coeff, exp_coeff, angles, translation, target, weights, mean, id_basis, exp_basis = args
     points = mean + torch.einsum("lck,nk->nlc", id_basis, id_coeff) + torch.einsum("lck,nk->nlc", exp_basis, exp_coeff)
     uv = camera.perspective(camera.transform(points, angles, translation), **CAMERA)

@@ -166,7 +166,6 @@ def _sample_scale(grad, n, reduction):
 
 _ARGS = ("id_coeff", "exp_coeff", "angles", "translation", "target", "weights", "landmark_mean",
          "landmark_id_basis", "landmark_exp_basis")
-_CONSTANT_ARGS = ("weights", "landmark_mean", "landmark_id_basis", "landmark_exp_basis")
 
 
 def _check_full_model(full_model, ref, num_landmarks, k_id, k_exp):

@@ -15,7 +15,6 @@ the CPU and CUDA kernels: float32 pixel positions carry ~1e-5 pixel of rounding,
 gradients' sums of residuals amplify. The camera arrives as float32 scalars (Triton's type for a
 Python float).
 """
-import torch
 import triton
 import triton.language as tl
 
