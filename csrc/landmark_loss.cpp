@@ -9,7 +9,7 @@
 #include <c10/core/DeviceGuard.h>
 #include <torch/autograd.h>
 #ifdef WSC_WITH_CUDA
-#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAStream.h>
 #endif
 
 #include "../kernels/landmark_loss.h"
@@ -193,7 +193,7 @@ namespace {
 
 int64_t current_stream(const at::Tensor& t) {
 #ifdef WSC_WITH_CUDA
-  if (t.is_cuda()) return reinterpret_cast<int64_t>(at::cuda::getCurrentCUDAStream(t.device().index()).stream());
+  if (t.is_cuda()) return reinterpret_cast<int64_t>(c10::cuda::getCurrentCUDAStream(t.device().index()).stream());
 #endif
   (void)t;
   return 0;
