@@ -50,8 +50,9 @@ def bench(args) -> int:
         rows += suites[name].run(device, quick=args.quick, copy_gbps=copy_gbps, seconds=0.3 if args.quick else 1.5)
     print()
     print(text_table(rows))
-    print("\nvs eager: blend against eager PyTorch; paste_faces against the OpenCV pipeline. "
-          "GB/s on each op's minimal byte count (see wscswap_fast/benchmarks/).")
+    print("\nvs eager: against the plain-PyTorch eager version of each op (for paste_faces, the OpenCV "
+          "pipeline face-swap tools run); vs compile: torch.compile of that eager version. GB/s on each op's "
+          "minimal byte count, stated in its module in wscswap_fast/benchmarks/.")
     if args.csv:
         write_csv(args.csv, rows, machine)
     if args.markdown:
