@@ -1,0 +1,36 @@
+"""`wscswap train`: train the WSC-swap model from a config file plus key=value overrides."""
+from __future__ import annotations
+
+import argparse
+
+
+def _train(args: argparse.Namespace) -> int:
+    # Heavy imports here, so `wscswap --help` and the other subcommands start fast.
+    from .config import load_config
+    from .trainer import train
+
+    try:
+        cfg = load_config(args.config, list(args.overrides))
+    except (ValueError, TypeError, FileNotFoundError) as e:
+        raise SystemExit(f"wscswap train: {e}")
+    try:
+        summary = train(cfg, resume=args.resume)
+    except (ValueError, FileNotFoundError, TypeError) as e:
+        raise SystemExit(f"wscswap train: {e}")
+    print(f"wscswap train: done, step {summary.get('step')}, out_dir {summary.get('out_dir')}")
+    return 0
+
+
+def register(subparsers) -> None:
+    """Add the `train` subcommand to the `wscswap` parser."""
+    p = subparsers.add_parser(
+        "train", help="train the face-swap model (single process, or DDP under torchrun)",
+        description="Train the WSC-swap generator. Settings come from --config (YAML or JSON) and "
+                    "section.key=value overrides, e.g. data.root=faces/ run.steps=1000 optim.amp=bf16. "
+                    "Under torchrun every process runs this command; rank 0 writes.")
+    p.add_argument("--config", default=None, help="YAML or JSON training config (default: built-in defaults)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the latest checkpoint in run.out_dir (exact: step, optimisers, EMA, RNG, data)")
+    p.add_argument("overrides", nargs="*", metavar="section.key=value",
+                   help="config overrides, e.g. data.root=/faces run.steps=500 data.resolution=128")
+    p.set_defaults(func=_train)
