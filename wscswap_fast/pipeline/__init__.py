@@ -1,0 +1,1 @@
+"""Inference: detect -> align -> swap -> paste back, for images, video and webcam."""
