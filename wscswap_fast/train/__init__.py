@@ -1,0 +1,1 @@
+"""Training: config, data, checkpoints, the trainer (single process and torchrun DDP)."""
