@@ -100,3 +100,96 @@ def test_bad_inputs():
     with pytest.raises(ValueError, match=r"coefficients must have shape \(N, 45\)"):
         loss(good[:, 1:], good, good)
     assert not math.isnan(loss(good, good, good)["total"].item())
+
+
+# ---------------------------------------------------------------------------------------------
+# The other training losses, against plain formulas in float64.
+import torch.nn.functional as F  # noqa: E402
+
+from wscswap_fast.losses import (LossWeights, feature_matching_loss, hinge_discriminator_loss,  # noqa: E402
+                                 hinge_generator_loss, identity_loss, identity_removal_generator_loss,
+                                 identity_removal_loss, mask_loss, reconstruction_loss)
+
+
+def _unit(n, d=512, seed=0):
+    return F.normalize(torch.randn(n, d, generator=torch.Generator().manual_seed(seed)), dim=1)
+
+
+def test_identity_losses_are_one_minus_cosine():
+    a, b = _unit(5, seed=1), _unit(5, seed=2)
+    expected = (1 - (a.double() * b.double()).sum(1)).mean()
+    torch.testing.assert_close(identity_loss(a, b).double(), expected, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(identity_removal_loss(a, b), identity_loss(a, b))
+    torch.testing.assert_close(identity_removal_generator_loss(a, b), -identity_loss(a, b))
+    assert identity_loss(a, a).abs().item() < 1e-6
+    assert abs(identity_loss(a, -a).item() - 2) < 1e-6
+    # not normalised inputs: still a cosine
+    torch.testing.assert_close(identity_loss(3 * a, b), identity_loss(a, b))
+
+
+def test_reconstruction_only_on_same_identity_pairs():
+    g = torch.Generator().manual_seed(3)
+    y, xt = torch.rand(4, 3, 8, 8, generator=g, requires_grad=True), torch.rand(4, 3, 8, 8, generator=g)
+    same = torch.tensor([1.0, 0.0, 1.0, 0.0])
+    loss = reconstruction_loss(y, xt, same)
+    expected = (y.double() - xt.double()).abs()[[0, 2]].mean()
+    torch.testing.assert_close(loss.double(), expected)
+    loss.backward()
+    assert y.grad[[1, 3]].abs().sum() == 0 and y.grad[[0, 2]].abs().sum() > 0
+    assert reconstruction_loss(y, xt, torch.zeros(4)).item() == 0  # no same pair: 0, not NaN
+
+
+def test_hinge_losses_over_scales():
+    g = torch.Generator().manual_seed(4)
+    real = [[torch.randn(2, 4, 6, 6, generator=g), torch.randn(2, 1, 5, 5, generator=g)],
+            [torch.randn(2, 4, 3, 3, generator=g), torch.randn(2, 1, 2, 2, generator=g)]]
+    fake = [[torch.randn_like(t) for t in s] for s in real]
+    d = sum(F.relu(1 - r[-1]).mean() + F.relu(1 + f[-1]).mean() for r, f in zip(real, fake)) / 2
+    torch.testing.assert_close(hinge_discriminator_loss(real, fake), d)
+    torch.testing.assert_close(hinge_generator_loss(fake), -(fake[0][-1].mean() + fake[1][-1].mean()) / 2)
+    # a bare logits tensor works too
+    torch.testing.assert_close(hinge_generator_loss(fake[0][-1]), -fake[0][-1].mean())
+    fm = (F.l1_loss(fake[0][0], real[0][0]) + F.l1_loss(fake[1][0], real[1][0])) / 2
+    torch.testing.assert_close(feature_matching_loss(real, fake), fm)
+
+
+def test_feature_matching_treats_real_features_as_constants():
+    real = [[torch.randn(2, 3, 4, 4, requires_grad=True), torch.randn(2, 1, 3, 3)]]
+    fake = [[torch.randn(2, 3, 4, 4, requires_grad=True), torch.randn(2, 1, 3, 3)]]
+    feature_matching_loss(real, fake).backward()
+    assert real[0][0].grad is None and fake[0][0].grad.abs().sum() > 0
+
+
+def test_mask_loss_is_l1():
+    m, t = torch.rand(2, 1, 8, 8), (torch.rand(2, 1, 8, 8) > 0.5).float()
+    torch.testing.assert_close(mask_loss(m, t), (m - t).abs().mean())
+
+
+def test_loss_weights_defaults_and_config():
+    w = LossWeights()
+    assert (w.identity, w.reconstruction, w.adversarial, w.feature_matching, w.identity_removal) == (5, 10, 1, 10, 1)
+    assert (w.expression, w.pose, w.lighting, w.landmark) == (1, 1, 1, 0.5)
+
+    class Section:  # a config's loss section: extra keys are ignored
+        identity, landmark, mask_dilate = 2.0, 0.25, 4
+
+    w = LossWeights.from_config(Section())
+    assert w.identity == 2.0 and w.landmark == 0.25 and w.reconstruction == 10
+    assert w.non_identity() == dict(expression=1.0, pose=1.0, lighting=1.0, landmark=0.25, photometric=0.0)
+    with pytest.raises(ValueError, match="LossWeights.mask"):
+        LossWeights(mask=-1)
+    with pytest.raises(ValueError, match="LossWeights.identity"):
+        LossWeights(identity=float("nan"))
+
+
+def test_bad_loss_inputs():
+    with pytest.raises(ValueError, match="emb"):
+        identity_loss(torch.randn(2, 512), torch.randn(3, 512))
+    with pytest.raises(ValueError, match="same"):
+        reconstruction_loss(torch.rand(2, 3, 4, 4), torch.rand(2, 3, 4, 4), torch.ones(3))
+    with pytest.raises(ValueError, match="mask"):
+        mask_loss(torch.rand(2, 1, 4, 4), torch.rand(2, 1, 5, 5))
+    with pytest.raises(ValueError, match="scales"):
+        hinge_discriminator_loss([torch.randn(2, 1)], [torch.randn(2, 1), torch.randn(2, 1)])
+    with pytest.raises(TypeError, match="fake_logits"):
+        hinge_generator_loss("logits")

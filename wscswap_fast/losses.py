@@ -3,8 +3,13 @@
 :class:`NonIdentityLoss` is the 3DMM non-identity preservation loss: the swap result Y must keep
 the target's expression, pose and lighting while its face shape follows the source. It works on
 the 3DMM coefficients a frozen regressor predicts for Y, the target Xt and the source Xs.
+
+The other terms (identity, reconstruction, hinge adversarial, feature matching, identity removal,
+mask) are plain functions below; :class:`LossWeights` holds every weight (DESIGN.md's defaults).
+The trainer (wscswap_fast.train.trainer) combines them and logs each one separately.
 """
 import dataclasses
+import math
 
 import torch
 import torch.nn.functional as F
@@ -113,3 +118,147 @@ class NonIdentityLoss(nn.Module):
                 backend=self.backend)
         terms["total"] = sum(self.weights[name] * value for name, value in terms.items())
         return terms
+
+
+# ---------------------------------------------------------------------------------------------
+# The other training losses. Each returns a scalar (mean over the batch); the trainer logs each
+# one separately and weights them with LossWeights.
+
+
+def _check_pair(name_a: str, a: torch.Tensor, name_b: str, b: torch.Tensor) -> None:
+    if not isinstance(a, torch.Tensor) or not isinstance(b, torch.Tensor):
+        raise TypeError(f"{name_a} and {name_b} must be tensors, got {type(a).__name__} and {type(b).__name__}")
+    if a.shape != b.shape:
+        raise ValueError(f"{name_a} {tuple(a.shape)} and {name_b} {tuple(b.shape)} must have the same shape")
+
+
+def _cosine_distance(a: torch.Tensor, b: torch.Tensor, name_a: str, name_b: str) -> torch.Tensor:
+    _check_pair(name_a, a, name_b, b)
+    if a.dim() != 2:
+        raise ValueError(f"{name_a} must be (N, D) embeddings, got shape {tuple(a.shape)}")
+    # Computed in fp32: under autocast a half-precision dot of 512-d unit vectors loses ~1e-3.
+    return 1.0 - F.cosine_similarity(a.float(), b.float(), dim=1, eps=1e-8)
+
+
+def identity_loss(emb: torch.Tensor, z_id: torch.Tensor) -> torch.Tensor:
+    """1 - cos(ArcFace(Y), z_id), averaged over the batch. emb, z_id: (N, 512)."""
+    return _cosine_distance(emb, z_id, "emb", "z_id").mean()
+
+
+def reconstruction_loss(y: torch.Tensor, xt: torch.Tensor, same: torch.Tensor) -> torch.Tensor:
+    """L1 between Y and Xt on the pairs whose source and target share identity.
+
+    same: (N,) float 0/1. The mean is over the same-identity pairs only (0 when there are none),
+    so the loss measures those pairs' error whatever the same-identity ratio.
+    """
+    _check_pair("y", y, "xt", xt)
+    if not isinstance(same, torch.Tensor) or same.shape != (y.shape[0],):
+        raise ValueError(f"same must be a ({y.shape[0]},) tensor of 0/1, got "
+                         f"{tuple(same.shape) if isinstance(same, torch.Tensor) else type(same).__name__}")
+    per_sample = (y.float() - xt.float()).abs().flatten(1).mean(1)
+    same = same.to(per_sample.dtype)
+    return (per_sample * same).sum() / same.sum().clamp(min=1.0)
+
+
+def _as_logit_list(logits, name: str) -> list:
+    """A tensor, or the discriminator's per-scale feature lists (logits last), as a list of logits."""
+    if isinstance(logits, torch.Tensor):
+        return [logits]
+    if isinstance(logits, (list, tuple)) and logits:
+        return [scale[-1] if isinstance(scale, (list, tuple)) else scale for scale in logits]
+    raise TypeError(f"{name} must be a tensor or a non-empty list of per-scale outputs, got {type(logits).__name__}")
+
+
+def hinge_discriminator_loss(real_logits, fake_logits) -> torch.Tensor:
+    """mean(relu(1 - D(real))) + mean(relu(1 + D(fake))), averaged over the discriminator's scales.
+
+    Each argument: a logits tensor, or MultiScaleDiscriminator's output (per scale a list of
+    features whose last entry is the patch logits)."""
+    real, fake = _as_logit_list(real_logits, "real_logits"), _as_logit_list(fake_logits, "fake_logits")
+    if len(real) != len(fake):
+        raise ValueError(f"real_logits has {len(real)} scales, fake_logits {len(fake)}")
+    terms = [F.relu(1.0 - r.float()).mean() + F.relu(1.0 + f.float()).mean() for r, f in zip(real, fake)]
+    return sum(terms) / len(terms)
+
+
+def hinge_generator_loss(fake_logits) -> torch.Tensor:
+    """-mean(D(fake)), averaged over the discriminator's scales."""
+    fake = _as_logit_list(fake_logits, "fake_logits")
+    return sum(-f.float().mean() for f in fake) / len(fake)
+
+
+def feature_matching_loss(real_feats, fake_feats) -> torch.Tensor:
+    """L1 between the discriminator's intermediate features of real and fake images (logits
+    excluded), averaged over layers and scales; the real features are constants."""
+    if not isinstance(real_feats, (list, tuple)) or not isinstance(fake_feats, (list, tuple)):
+        raise TypeError("real_feats and fake_feats must be the discriminator's per-scale feature lists")
+    if len(real_feats) != len(fake_feats):
+        raise ValueError(f"real_feats has {len(real_feats)} scales, fake_feats {len(fake_feats)}")
+    terms = []
+    for scale, (real, fake) in enumerate(zip(real_feats, fake_feats)):
+        if len(real) != len(fake):
+            raise ValueError(f"scale {scale}: real_feats has {len(real)} entries, fake_feats {len(fake)}")
+        for r, f in zip(real[:-1], fake[:-1]):
+            terms.append(F.l1_loss(f.float(), r.detach().float()))
+    if not terms:
+        return fake_feats[0][-1].new_zeros(())  # a discriminator of logits only: nothing to match
+    return sum(terms) / len(terms)
+
+
+def identity_removal_loss(pred: torch.Tensor, target_emb: torch.Tensor) -> torch.Tensor:
+    """The identity adversary's loss, 1 - cos(head(E_face(Xt)), ArcFace(Xt)), batch mean.
+
+    The adversary minimises it (on a detached face code). E_face maximises it: its term in the
+    generator loss is the negative, see :func:`identity_removal_generator_loss`."""
+    return _cosine_distance(pred, target_emb, "pred", "target_emb").mean()
+
+
+def identity_removal_generator_loss(pred: torch.Tensor, target_emb: torch.Tensor) -> torch.Tensor:
+    """E_face's side of the min-max: the negative of :func:`identity_removal_loss`, i.e.
+    mean(cos) - 1, in [-2, 0]. Minimising it maximises the adversary's error. (An adversary that
+    learnt to read a negated identity is not a loophole: it updates every step and would flip
+    its sign, so the equilibrium is a code from which the target identity cannot be predicted.)"""
+    return -identity_removal_loss(pred, target_emb)
+
+
+def mask_loss(mask: torch.Tensor, target_mask: torch.Tensor) -> torch.Tensor:
+    """Mean L1 between the generator's soft mask M and the (dilated) target face mask, both
+    (N, 1, H, W) in [0, 1]. L1 rather than BCE: it is autocast-safe and does not explode at 0/1."""
+    _check_pair("mask", mask, "target_mask", target_mask)
+    return F.l1_loss(mask.float(), target_mask.float())
+
+
+@dataclasses.dataclass
+class LossWeights:
+    """Weight of every loss term (DESIGN.md's defaults). 0 switches a term off (it is not computed,
+    except the 3DMM terms, which share one regressor pass)."""
+
+    identity: float = 5.0
+    reconstruction: float = 10.0
+    adversarial: float = 1.0
+    feature_matching: float = 10.0
+    identity_removal: float = 1.0
+    expression: float = 1.0
+    pose: float = 1.0
+    lighting: float = 1.0
+    landmark: float = 0.5
+    photometric: float = 0.0
+    mask: float = 1.0
+
+    def __post_init__(self):
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v < 0:
+                raise ValueError(f"LossWeights.{f.name} must be a finite number >= 0, got {v!r}")
+
+    @classmethod
+    def from_config(cls, loss_cfg) -> "LossWeights":
+        """The weights of a config's loss section (other keys of that section, such as
+        mask_dilate, are ignored)."""
+        return cls(**{f.name: float(getattr(loss_cfg, f.name)) for f in dataclasses.fields(cls)
+                      if hasattr(loss_cfg, f.name)})
+
+    def non_identity(self) -> dict:
+        """Keyword arguments of NonIdentityLoss."""
+        return dict(expression=self.expression, pose=self.pose, lighting=self.lighting, landmark=self.landmark,
+                    photometric=self.photometric)
