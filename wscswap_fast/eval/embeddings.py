@@ -13,16 +13,6 @@ import torch
 DLIB_RECOGNITION_MODEL = "dlib_face_recognition_resnet_model_v1.dat"
 
 
-def five_from_68(landmarks68: np.ndarray) -> np.ndarray:
-    """The 5 ArcFace template points (image-left eye, image-right eye, nose tip, image-left and
-    image-right mouth corners) from ibug-68 landmarks (68, 2): eye centres are the means of
-    the six points around each eye."""
-    lm = np.asarray(landmarks68, dtype=np.float64)
-    if lm.shape != (68, 2):
-        raise ValueError(f"landmarks68 must have shape (68, 2), got {lm.shape}")
-    return np.stack([lm[36:42].mean(0), lm[42:48].mean(0), lm[30], lm[48], lm[54]]).astype(np.float32)
-
-
 def _rgb(image: np.ndarray) -> np.ndarray:
     if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
         got = f"{image.dtype} {image.shape}" if isinstance(image, np.ndarray) else type(image).__name__
@@ -74,6 +64,7 @@ class ArcFaceEmbedder:
     def __call__(self, image: np.ndarray, landmarks68: np.ndarray) -> np.ndarray:
         """(512,) float64 embedding of the face whose 68 landmarks are given, in an RGB uint8 image."""
         from ..pipeline.align import align_face
+        from ..pipeline.detect import five_from_68
 
         image = _rgb(image)
         crop, _ = align_face(image, five_from_68(landmarks68), 112, "arcface")
