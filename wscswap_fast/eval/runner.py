@@ -123,7 +123,8 @@ def _thumb(bgr: np.ndarray, box) -> np.ndarray:
     cx, cy, half = (x0 + x1) / 2, (y0 + y1) / 2, 0.8 * max(x1 - x0, y1 - y0)
     m = np.array([[THUMB / (2 * half), 0, THUMB / 2 - cx * THUMB / (2 * half)],
                   [0, THUMB / (2 * half), THUMB / 2 - cy * THUMB / (2 * half)]])
-    return cv2.warpAffine(bgr, m, (THUMB, THUMB), flags=cv2.INTER_AREA, borderMode=cv2.BORDER_REPLICATE)
+    return cv2.warpAffine(bgr, m, (THUMB, THUMB), flags=cv2.INTER_AREA, borderMode=cv2.BORDER_CONSTANT,
+                          borderValue=(255, 255, 255))
 
 
 def build_grid(sources: list[_Input], targets: list[_Input], results: dict) -> np.ndarray:
@@ -186,7 +187,7 @@ def _identity_metrics(name: str, pairs: list[dict], src_emb: np.ndarray, tgt_emb
     out = {
         "id_similarity": metrics.summarise(sim), "id_distance": metrics.summarise(dist),
         "retrieval": {**metrics.retrieval_accuracy(res_emb, src_emb, si, ks=(1, 5), metric=metric),
-                      "gallery": int(len(src_emb)), "by": metric},
+                      "gallery": int(len(src_emb)), "by": metric, "chance_top1": 1.0 / len(src_emb)},
         "target_leakage": metrics.summarise(leak), "target_leakage_distance": metrics.summarise(leak_dist),
     }
     if threshold is not None:
@@ -252,8 +253,8 @@ def markdown_report(report: dict) -> str:
             lines.append(f"| {name} same identity as source (distance < {e['same_identity_threshold']}) | "
                          f"{_fmt(e['same_identity_rate'])} |")
         r = e["retrieval"]
-        lines.append(f"| {name} ID retrieval top-1 / top-5 (of {r['gallery']} sources, by {r['by']}) | "
-                     f"{_fmt(r['top1'])} / {_fmt(r['top5'])} |")
+        lines.append(f"| {name} ID retrieval top-1 / top-5 (of {r['gallery']} sources, by {r['by']}; "
+                     f"chance top-1 {_fmt(r['chance_top1'])}) | {_fmt(r['top1'])} / {_fmt(r['top5'])} |")
         c = e["consistency"]
         lines.append(f"| {name} identity consistency (mean pairwise cosine, mean spread) | "
                      f"{_fmt(c['mean'])} ± {_fmt(c['std'])} |")
