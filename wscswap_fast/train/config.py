@@ -41,7 +41,7 @@ class DataConfig:
     batch_size: int = 4  # per process
     cache_dir: Optional[str] = None  # hull-mask cache; None -> ~/.cache/wscswap_fast
     mask_forehead: float = 0.2  # hull masks: forehead extension above the brows, fraction of face height
-    mask_blur: int = 0  # hull masks: Gaussian blur radius in pixels of the 224 crop (0 = hard edge)
+    mask_blur: int = 0  # hull masks: Gaussian blur radius in pixels at the training resolution (0 = hard edge)
 
 
 @dataclass
