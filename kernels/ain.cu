@@ -69,8 +69,10 @@
 #include <string>
 
 #include "ain.h"
+#include "cuda_common.cuh"
 
 namespace wsc {
+using namespace cuda_common;
 namespace {
 
 constexpr int kThreads = 256;
@@ -84,19 +86,7 @@ constexpr int kMaxRegisterValues = 16;     // NHWC: KP * V values of per-pack st
 // gradient) and the dz parts: sum dhn = A + w*sum(dz), sum dhn*hn = B + w*sum(dz*hn).
 enum Sum { kA, kB, kGid, kBid, kDzHn, kSums };
 
-template <typename T, int V>
-struct alignas(sizeof(T) * V) Pack {
-  T v[V];
-};
-template <int V, typename T>
-__device__ __forceinline__ Pack<T, V> load_pack(const T* p) { return *reinterpret_cast<const Pack<T, V>*>(p); }
-template <int V, typename T>
-__device__ __forceinline__ void store_pack(T* p, const Pack<T, V>& x) { *reinterpret_cast<Pack<T, V>*>(p) = x; }
 
-__device__ __forceinline__ int64_t global_thread() {
-  return static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-}
-__device__ __forceinline__ int64_t grid_threads() { return static_cast<int64_t>(gridDim.x) * blockDim.x; }
 __device__ __forceinline__ int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 
 __device__ __forceinline__ unsigned char* dynamic_smem() {
@@ -769,17 +759,7 @@ ain_backward_finish(const double* __restrict__ dz_hn_total, const double* __rest
 // ---------------------------------------------------------------------------------------------
 // Host side
 
-void check_launch(const char* what) {
-  const cudaError_t err = cudaGetLastError();
-  if (err != cudaSuccess) throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(err));
-}
 
-int64_t sm_count() {
-  int device = 0, sms = 0;
-  cudaGetDevice(&device);
-  cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
-  return sms > 0 ? sms : 1;
-}
 
 // Blocks for `work` units of a grid-stride kernel: no more than can be resident at once.
 template <typename... Params>

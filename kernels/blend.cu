@@ -20,28 +20,17 @@
 #include <string>
 
 #include "blend.h"
+#include "cuda_common.cuh"
 
 namespace wsc {
+using namespace cuda_common;
 namespace {
 
 constexpr int kThreads = 256;
 
-// V elements moved as one 16-byte (V*sizeof(T) bytes) memory transaction. The channel loops
-// below stay rolled (#pragma unroll 1): nvcc 13 splits the packed stores of unrolled copies
-// into scalar ones, and the loop has enough independent loads across threads to hide latency.
-template <typename T, int V>
-struct alignas(sizeof(T) * V) Pack {
-  T v[V];
-};
-template <int V, typename T>
-__device__ __forceinline__ Pack<T, V> load_pack(const T* p) { return *reinterpret_cast<const Pack<T, V>*>(p); }
-template <int V, typename T>
-__device__ __forceinline__ void store_pack(T* p, const Pack<T, V>& x) { *reinterpret_cast<Pack<T, V>*>(p) = x; }
-
-__device__ __forceinline__ int64_t global_thread() {
-  return static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-}
-__device__ __forceinline__ int64_t grid_threads() { return static_cast<int64_t>(gridDim.x) * blockDim.x; }
+// The channel loops below stay rolled (#pragma unroll 1): nvcc 13 splits the packed stores of
+// unrolled copies into scalar ones, and the loop has enough independent loads across threads
+// to hide latency.
 
 // NCHW: V divides HW, so a group never straddles two images or two channel planes.
 template <typename T, int V>
@@ -168,20 +157,7 @@ bool aligned_16(std::initializer_list<const T*> pointers) {
   return true;
 }
 
-// Enough blocks to fill the GPU several times over; the grid-stride loops cover the rest.
-int grid_blocks(int64_t work_items) {
-  int device = 0, sms = 0;
-  cudaGetDevice(&device);
-  cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
-  const int64_t cap = static_cast<int64_t>(sms > 0 ? sms : 1) * 32;
-  const int64_t needed = (work_items + kThreads - 1) / kThreads;
-  return static_cast<int>(needed < cap ? needed : cap);
-}
 
-void check_launch(const char* what) {
-  const cudaError_t err = cudaGetLastError();
-  if (err != cudaSuccess) throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(err));
-}
 
 }  // namespace
 
@@ -193,14 +169,14 @@ void blend_forward_cuda(const T* face, const T* bg, const T* mask, T* out,
   const auto s = static_cast<cudaStream_t>(stream);
   if (!channels_last) {
     if (HW % V == 0 && aligned_16<T>({face, bg, mask, out})) {
-      blend_forward_nchw<T, V><<<grid_blocks(N * HW / V), kThreads, 0, s>>>(face, bg, mask, out, N, C, HW);
+      blend_forward_nchw<T, V><<<grid_blocks(N * HW / V, kThreads), kThreads, 0, s>>>(face, bg, mask, out, N, C, HW);
     } else {
-      blend_forward_nchw<T, 1><<<grid_blocks(N * HW), kThreads, 0, s>>>(face, bg, mask, out, N, C, HW);
+      blend_forward_nchw<T, 1><<<grid_blocks(N * HW, kThreads), kThreads, 0, s>>>(face, bg, mask, out, N, C, HW);
     }
   } else if (C % V == 0 && aligned_16<T>({face, bg, out})) {
-    blend_forward_nhwc<T, V><<<grid_blocks(N * HW), kThreads, 0, s>>>(face, bg, mask, out, N * HW, C);
+    blend_forward_nhwc<T, V><<<grid_blocks(N * HW, kThreads), kThreads, 0, s>>>(face, bg, mask, out, N * HW, C);
   } else {
-    blend_forward_nhwc<T, 1><<<grid_blocks(N * HW), kThreads, 0, s>>>(face, bg, mask, out, N * HW, C);
+    blend_forward_nhwc<T, 1><<<grid_blocks(N * HW, kThreads), kThreads, 0, s>>>(face, bg, mask, out, N * HW, C);
   }
   check_launch("blend_forward_cuda");
 }
@@ -214,17 +190,17 @@ void blend_backward_cuda(const T* grad, const T* face, const T* bg, const T* mas
   const auto s = static_cast<cudaStream_t>(stream);
   if (!channels_last) {
     if (HW % V == 0 && aligned_16<T>({grad, face, bg, mask, grad_face, grad_bg, grad_mask})) {
-      blend_backward_nchw<T, V><<<grid_blocks(N * HW / V), kThreads, 0, s>>>(
+      blend_backward_nchw<T, V><<<grid_blocks(N * HW / V, kThreads), kThreads, 0, s>>>(
           grad, face, bg, mask, grad_face, grad_bg, grad_mask, N, C, HW);
     } else {
-      blend_backward_nchw<T, 1><<<grid_blocks(N * HW), kThreads, 0, s>>>(
+      blend_backward_nchw<T, 1><<<grid_blocks(N * HW, kThreads), kThreads, 0, s>>>(
           grad, face, bg, mask, grad_face, grad_bg, grad_mask, N, C, HW);
     }
   } else if (C % V == 0 && aligned_16<T>({grad, face, bg, grad_face, grad_bg})) {
-    blend_backward_nhwc<T, V><<<grid_blocks(N * HW), kThreads, 0, s>>>(
+    blend_backward_nhwc<T, V><<<grid_blocks(N * HW, kThreads), kThreads, 0, s>>>(
         grad, face, bg, mask, grad_face, grad_bg, grad_mask, N * HW, C);
   } else {
-    blend_backward_nhwc<T, 1><<<grid_blocks(N * HW), kThreads, 0, s>>>(
+    blend_backward_nhwc<T, 1><<<grid_blocks(N * HW, kThreads), kThreads, 0, s>>>(
         grad, face, bg, mask, grad_face, grad_bg, grad_mask, N * HW, C);
   }
   check_launch("blend_backward_cuda");

@@ -22,8 +22,10 @@
 #include <string>
 
 #include "landmark_loss.h"
+#include "cuda_common.cuh"
 
 namespace wsc {
+using namespace cuda_common;
 namespace {
 
 constexpr int kThreads = 128;
@@ -204,10 +206,6 @@ backward_kernel(LandmarkLossDims d, int reduction, const float* __restrict__ gra
     }
 }
 
-void check_launch(const char* what) {
-  const cudaError_t err = cudaGetLastError();
-  if (err != cudaSuccess) throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(err));
-}
 
 // floats: the float-sized slots of a kernel's shared memory (a double reduction slot counts 2).
 size_t shared_bytes(int64_t floats, const char* what) {

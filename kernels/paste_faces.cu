@@ -14,8 +14,10 @@
 #include <string>
 
 #include "paste_faces.h"
+#include "cuda_common.cuh"
 
 namespace wsc {
+using namespace cuda_common;
 namespace {
 
 constexpr int kTileX = 32, kTileY = 8;  // a warp covers 32 consecutive pixels of a row
@@ -71,10 +73,6 @@ feather_pass(const float* __restrict__ src, float* __restrict__ dst, int64_t K, 
   }
 }
 
-void check_launch(const char* what) {
-  const cudaError_t err = cudaGetLastError();
-  if (err != cudaSuccess) throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(err));
-}
 
 int clamp_grid(int64_t blocks, int64_t limit) { return static_cast<int>(blocks < limit ? blocks : limit); }
 

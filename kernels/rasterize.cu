@@ -19,8 +19,10 @@
 #include <string>
 
 #include "rasterize.h"
+#include "cuda_common.cuh"
 
 namespace wsc {
+using namespace cuda_common;
 namespace {
 
 using Tri = RasterTriangle<float>;
@@ -28,28 +30,12 @@ constexpr int kThreads = 256;
 constexpr int kScanThreads = 1024;
 static_assert(kRasterTilePixels == kThreads, "one thread per tile pixel");
 
-__device__ __forceinline__ int64_t global_thread() {
-  return static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-}
-__device__ __forceinline__ int64_t grid_threads() { return static_cast<int64_t>(gridDim.x) * blockDim.x; }
 
 __host__ __device__ __forceinline__ int64_t tiles_along(int64_t pixels) {
   return (pixels + kRasterTile - 1) / kRasterTile;
 }
 
-int grid_blocks(int64_t work_items) {
-  int device = 0, sms = 0;
-  cudaGetDevice(&device);
-  cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
-  const int64_t cap = static_cast<int64_t>(sms > 0 ? sms : 1) * 32;
-  const int64_t needed = (work_items + kThreads - 1) / kThreads;
-  return static_cast<int>(needed < 1 ? 1 : (needed < cap ? needed : cap));
-}
 
-void check_launch(const char* what) {
-  const cudaError_t err = cudaGetLastError();
-  if (err != cudaSuccess) throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(err));
-}
 
 __global__ void __launch_bounds__(kThreads)
 setup_count_kernel(const float* __restrict__ vertices, const int32_t* __restrict__ triangles, int64_t N, int64_t V,
@@ -377,7 +363,7 @@ int64_t rasterize_bin_count_cuda(const float* vertices, const int32_t* triangles
   const int64_t bins = N * tiles_along(H) * tiles_along(W);
   if (cudaMemsetAsync(counts, 0, sizeof(int32_t) * bins, s) != cudaSuccess) check_launch("rasterize_bin_count_cuda");
   if (N * F > 0)
-    setup_count_kernel<<<grid_blocks(N * F), kThreads, 0, s>>>(vertices, triangles, N, V, F, H, W,
+    setup_count_kernel<<<grid_blocks(N * F, kThreads), kThreads, 0, s>>>(vertices, triangles, N, V, F, H, W,
                                                                 static_cast<Tri*>(setups), counts);
   exclusive_scan_kernel<<<1, kScanThreads, 0, s>>>(counts, bins, offsets);
   check_launch("rasterize_bin_count_cuda");
@@ -395,7 +381,7 @@ void rasterize_bin_fill_cuda(const void* setups, const int64_t* offsets, int64_t
   const int64_t bins = N * tiles_along(H) * tiles_along(W);
   if (cudaMemsetAsync(counts, 0, sizeof(int32_t) * bins, s) != cudaSuccess) check_launch("rasterize_bin_fill_cuda");
   if (N * F > 0)
-    fill_kernel<<<grid_blocks(N * F), kThreads, 0, s>>>(static_cast<const Tri*>(setups), offsets, N, F, H, W,
+    fill_kernel<<<grid_blocks(N * F, kThreads), kThreads, 0, s>>>(static_cast<const Tri*>(setups), offsets, N, F, H, W,
                                                          counts, entries);
   check_launch("rasterize_bin_fill_cuda");
 }
@@ -413,7 +399,7 @@ void rasterize_backward_cuda(const float* grad_bary, const float* grad_depth, co
                              const int32_t* triangles, const int32_t* tri_id, int64_t N, int64_t V, int64_t H,
                              int64_t W, float* grad_vertices, void* stream) {
   if (N * H * W == 0) return;
-  raster_backward_kernel<<<grid_blocks(N * H * W), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(
+  raster_backward_kernel<<<grid_blocks(N * H * W, kThreads), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(
       grad_bary, grad_depth, vertices, triangles, tri_id, N, V, H, W, grad_vertices);
   check_launch("rasterize_backward_cuda");
 }
@@ -438,7 +424,7 @@ void photometric_backward_cuda(const float* grad_loss, const float* image, const
                                double eps, float* grad_vertices, float* grad_colors, float* grad_image,
                                float* grad_mask, void* stream) {
   if (N * H * W == 0) return;
-  photometric_backward_kernel<<<grid_blocks(N * H * W), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(
+  photometric_backward_kernel<<<grid_blocks(N * H * W, kThreads), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(
       grad_loss, image, vertices, triangles, colors, mask, tri_id, loss, weight, N, V, H, W, eps, grad_vertices,
       grad_colors, grad_image, grad_mask);
   check_launch("photometric_backward_cuda");

@@ -1,9 +1,15 @@
 """The `wscswap` command."""
 import argparse
+import importlib
 import platform
 import sys
 
 import torch
+
+
+# Each of these modules defines register(subparsers): it adds its subcommand(s) and sets func.
+# They must import quickly: heavy imports go inside the command functions.
+SUBCOMMAND_MODULES = ("wscswap_fast.train.cli", "wscswap_fast.pipeline.cli", "wscswap_fast.eval.cli")
 
 
 def _device(name: str) -> torch.device:
@@ -73,6 +79,8 @@ def main(argv=None) -> int:
     b.add_argument("--quick", action="store_true", help="tiny shapes, a few seconds: a smoke test")
     b.add_argument("--no-tune-malloc", action="store_true", help="leave glibc malloc's trim/mmap thresholds alone")
     b.set_defaults(func=bench)
+    for module in SUBCOMMAND_MODULES:
+        importlib.import_module(module).register(sub)
     args = parser.parse_args(argv)
     return args.func(args)
 
