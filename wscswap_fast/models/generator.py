@@ -111,8 +111,8 @@ class GeneratorOutput(NamedTuple):
     face_code: torch.Tensor  # (N,Cf,16,16)
 
 
-def _conv(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
-    return nn.Conv2d(cin, cout, 3, stride=stride, padding=1)
+def _conv(cin: int, cout: int, stride: int = 1, bias: bool = True) -> nn.Conv2d:
+    return nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=bias)
 
 
 class _AIN(AIN):
@@ -169,18 +169,23 @@ class BackgroundEncoder(nn.Module):
 class AINResBlock(nn.Module):
     """AAD-ResBlk-like: AIN -> ReLU -> conv3x3, twice, plus a residual. The residual is the
     identity when channels match and `learned_skip` is False, else AIN -> ReLU -> conv3x3 (so a
-    block can take a tensor that must only be seen through AIN)."""
+    block can take a tensor that must only be seen through AIN).
 
-    def __init__(self, cin: int, cout: int, id_dim: int, att_channels: int, learned_skip: bool = False):
+    Convs feeding only an instance norm have no bias (a per-channel constant cancels there,
+    and its gradient is zero): conv1 always, conv2/conv_skip unless `out_bias` (the last block,
+    whose output goes to the heads)."""
+
+    def __init__(self, cin: int, cout: int, id_dim: int, att_channels: int, learned_skip: bool = False,
+                 out_bias: bool = False):
         super().__init__()
         self.ain1 = _AIN(cin, id_dim, att_channels)
-        self.conv1 = _conv(cin, cout)
+        self.conv1 = _conv(cin, cout, bias=False)
         self.ain2 = _AIN(cout, id_dim, att_channels)
-        self.conv2 = _conv(cout, cout)
+        self.conv2 = _conv(cout, cout, bias=out_bias)
         self.learned_skip = learned_skip or cin != cout
         if self.learned_skip:
             self.ain_skip = _AIN(cin, id_dim, att_channels)
-            self.conv_skip = _conv(cin, cout)
+            self.conv_skip = _conv(cin, cout, bias=False)
 
     def forward(self, h: torch.Tensor, z_id: torch.Tensor, att: torch.Tensor, backend: str = "auto") -> torch.Tensor:
         x = self.conv1(F.relu(self.ain1(h, z_id, att, backend=backend)))
@@ -203,7 +208,8 @@ class Decoder(nn.Module):
         self.bg_proj = nn.ModuleList(nn.Conv2d(bg_ch[min(i, len(bg_ch) - 1)], c, 1) for i, c in enumerate(ch))
         cins = [cfg.code_channels] + ch[:-1]
         # block 0 gets the raw code: learned (AIN) skip, so the code reaches h only through AIN
-        self.blocks = nn.ModuleList(AINResBlock(cin, c, cfg.id_dim, c, learned_skip=(i == 0))
+        self.blocks = nn.ModuleList(AINResBlock(cin, c, cfg.id_dim, c, learned_skip=(i == 0),
+                                                out_bias=(i == len(ch) - 1))
                                     for i, (cin, c) in enumerate(zip(cins, ch)))
 
     def forward(self, face_code: torch.Tensor, z_id: torch.Tensor, bg_maps: list[torch.Tensor],
@@ -250,6 +256,24 @@ class Generator(nn.Module):
         c = cfg.channels[0]
         self.face_head = _conv(c, 3)
         self.mask_head = _conv(c, 1)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """He init for the LeakyReLU convs, zero biases, and AIN modulations that start at
+        gamma = 1 (out = hn + small terms). PyTorch's default conv init shrinks the activations
+        layer by layer until each channel is almost constant, and instance-normalising such
+        channels amplifies fp32 rounding (gradients then differ by 1e-3 between two exact
+        fp32 evaluations)."""
+        ains = [m for m in self.modules() if isinstance(m, AIN)]
+        inside_ain = {id(c) for m in ains for c in m.modules()}
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d) and id(m) not in inside_ain:
+                nn.init.kaiming_normal_(m.weight, a=LEAK, nonlinearity="leaky_relu")
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+        for m in ains:
+            nn.init.ones_(m.att_gamma.bias)
+            nn.init.ones_(m.id_gamma.bias)
 
     def set_backend(self, name: str) -> "Generator":
         if name not in ops.BACKENDS + ("auto",):
