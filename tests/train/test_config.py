@@ -90,6 +90,8 @@ def test_bad_overrides(override, words):
     ("data.workers=-1", "data.workers"),
     ("model.generator_width=0", "model.generator_width"),
     ("loss.identity=-1", "loss.identity"),
+    ("model.identity_arch=vit", "model.identity_arch"),
+    ("model.regressor_arch=resnet7", "model.regressor_arch"),
     ("optim.amp=fp8", "optim.amp"),
     ("optim.betas=1.0,0.5", "optim.betas"),
     ("optim.ema_decay=1.1", "optim.ema_decay"),
@@ -139,6 +141,13 @@ def test_bad_files(tmp_path):
     p.write_text(yaml.safe_dump({"data": 5}))
     with pytest.raises(ValueError, match="data"):
         load_config(p)
+
+
+def test_archs_match_the_models():
+    from wscswap_fast.models import iresnet, regressor
+
+    assert set(config_mod.IDENTITY_ARCHS) == set(iresnet.LAYERS)
+    assert set(config_mod.REGRESSOR_ARCHS) == set(regressor.ARCHS)
 
 
 def test_yaml_number_for_string_field(tmp_path):

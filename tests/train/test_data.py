@@ -363,7 +363,6 @@ def take(loader, n):
     return out
 
 
-@pytest.mark.slow
 def test_loader_same_batches_for_any_workers_and_resume(tmp_path, aligned):
     root = make_flat(tmp_path, aligned, 10)
     ds = folder(root, tmp_path, same_identity_ratio=0.5, color_jitter=0.2)

@@ -20,6 +20,9 @@ from typing import Any, Iterable, Optional
 RESOLUTIONS = (128, 256, 512)
 AMP_MODES = ("none", "bf16", "fp16")
 BACKENDS = ("auto", "cuda", "triton", "cpu", "reference")
+# the architectures wscswap_fast.models.iresnet / .regressor build (kept here so the config imports no model code)
+IDENTITY_ARCHS = ("iresnet18", "iresnet34", "iresnet50", "iresnet100")
+REGRESSOR_ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101")
 
 
 def _default_morphable_model() -> Optional[str]:
@@ -159,6 +162,9 @@ class TrainConfig:
         check(m.discriminator_channels >= 1, "model.discriminator_channels", m.discriminator_channels, ">= 1")
         check(m.discriminator_scales >= 1, "model.discriminator_scales", m.discriminator_scales, ">= 1")
         check(m.discriminator_layers >= 1, "model.discriminator_layers", m.discriminator_layers, ">= 1")
+        check(m.identity_arch in IDENTITY_ARCHS, "model.identity_arch", m.identity_arch, f"one of {IDENTITY_ARCHS}")
+        check(m.regressor_arch in REGRESSOR_ARCHS, "model.regressor_arch", m.regressor_arch,
+              f"one of {REGRESSOR_ARCHS}")
         for f in dataclasses.fields(lo):
             v = getattr(lo, f.name)
             check(v >= 0, f"loss.{f.name}", v, ">= 0")

@@ -10,7 +10,8 @@ Folder layout (``root``):
 
 Images (.jpg .jpeg .png .bmp .webp) are aligned crops on the ArcFace template (any square size,
 e.g. SimSwap's 224 crops), resized to ``resolution``. Grayscale images are replicated to RGB; the
-alpha channel of RGBA images is dropped; 16-bit images are scaled to 8 bits. A non-square image is
+alpha channel of RGBA images is dropped; 16-bit images are scaled to 8 bits; EXIF orientation is
+not applied (aligned crops are written upright). A non-square image is
 an error naming the file (an aligned crop is square; resizing it would distort the face). A file
 that is not a readable image is an error naming it: found at construction when its signature is
 not an image's (and, without a mask folder, when it does not decode), else when it is loaded. Such
