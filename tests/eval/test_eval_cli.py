@@ -12,6 +12,8 @@ from wscswap_fast.cli import main
 cv2 = pytest.importorskip("cv2")
 pytest.importorskip("dlib")
 
+pytestmark = pytest.mark.filterwarnings("ignore:no ArcFace checkpoint given")
+
 IDENTITY_METRICS = ("id_similarity", "id_distance", "retrieval", "consistency", "target_leakage",
                     "target_leakage_distance")
 

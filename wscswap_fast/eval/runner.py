@@ -317,7 +317,7 @@ def evaluate(opts: EvalOptions) -> dict:
     device = _resolve_device(opts.device)
     os.makedirs(opts.out, exist_ok=True)
 
-    from ..pipeline.swapper import Swapper
+    from ..pipeline.swapper import SwapOptions, Swapper
 
     embedders = [DlibEmbedder()]
     if opts.arcface is not None:
@@ -325,7 +325,10 @@ def evaluate(opts: EvalOptions) -> dict:
     analyzer = FaceAnalyzer(embedders)
     names = [e.name for e in embedders]
 
-    swapper = Swapper(opts.checkpoint, device=device, backend=opts.backend)
+    # One detector for the swapper and the metrics: both see the same faces. The swapper swaps the
+    # largest face, the one the metrics measure; no visible label (it would change the pixels).
+    swapper = Swapper(opts.checkpoint, device=device, backend=opts.backend,
+                      options=SwapOptions(faces="largest", label=None), detector=analyzer.detector)
     n_src = len(source_paths) if opts.limit is None else min(opts.limit, len(source_paths))
     n_tgt = len(target_paths) if opts.limit is None else min(opts.limit, len(target_paths))
     bar = tqdm(total=len(source_paths) + len(target_paths) + n_src * n_tgt + n_tgt, desc="wscswap eval",
