@@ -115,7 +115,9 @@ class CoefficientRegressor(nn.Module):
         c = self.backbone.out_channels
         # id, exp, tex, angles, lighting (SH 9 x RGB), translation xy, translation z
         heads = [num_id, num_exp, num_tex, 3, 27, 2, 1]
-        self.final_layers = nn.ModuleList(nn.Conv2d(c, k, 1, bias=True) for k in heads)
+        with warnings.catch_warnings():  # num_tex = 0 (Surrey model): an empty head keeps the indices
+            warnings.filterwarnings("ignore", message="Initializing zero-element tensors")
+            self.final_layers = nn.ModuleList(nn.Conv2d(c, k, 1, bias=True) for k in heads)
         for m in self.final_layers:  # as Deep3DFaceRecon: the heads start at zero
             nn.init.zeros_(m.weight)
             nn.init.zeros_(m.bias)
@@ -131,7 +133,10 @@ class CoefficientRegressor(nn.Module):
         if tuple(x.shape[-2:]) != (INPUT_SIZE, INPUT_SIZE):
             x = F.interpolate(x, size=(INPUT_SIZE, INPUT_SIZE), mode="bilinear", align_corners=False)
         feat = self.backbone(x)
-        return torch.flatten(torch.cat([layer(feat) for layer in self.final_layers], dim=1), 1)
+        # conv2d rejects zero output channels: an empty head (num_tex = 0) gives an empty part
+        parts = [layer(feat) if layer.out_channels else feat.new_zeros(feat.shape[0], 0, 1, 1)
+                 for layer in self.final_layers]
+        return torch.flatten(torch.cat(parts, dim=1), 1)
 
 
 def _seeded_init(module: nn.Module, seed: int) -> None:
@@ -140,6 +145,8 @@ def _seeded_init(module: nn.Module, seed: int) -> None:
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in module.named_parameters():
+            if p.numel() == 0:
+                continue
             if p.dim() > 1:
                 p.copy_(torch.randn(p.shape, generator=g) * (2.0 / p[0].numel()) ** 0.5
                         * (0.01 if name.startswith("final_layers") else 1.0))
