@@ -231,7 +231,7 @@ def _mean_std(s: dict, digits=3) -> str:
 def markdown_report(report: dict) -> str:
     """report.md: the inputs and skips, one table of every summary metric, per-source consistency."""
     m = report["metrics"]
-    lines = [f"# wscswap eval", "", f"checkpoint `{report['checkpoint']}`, device {report['device']}, "
+    lines = ["# wscswap eval", "", f"checkpoint `{report['checkpoint']}`, device {report['device']}, "
              f"{report['counts']['pairs']} pairs ({report['counts']['sources']} sources x "
              f"{report['counts']['targets']} targets), {report['seconds']:.1f} s", ""]
     lines += ["| input | folder | images | used | skipped: unreadable | skipped: no face |", "|---|---|---|---|---|---|"]
