@@ -133,5 +133,11 @@ def test_input_errors_are_clear(tmp_path):
     with pytest.raises(SystemExit, match="--arcface checkpoint not found"):
         main(base + ["--sources", str(tmp_path / "a"), "--targets", str(tmp_path / "a"),
                      "--arcface", str(tmp_path / "none.pth")])
+    with pytest.raises(SystemExit, match="--morphable does not exist"):
+        main(base + ["--sources", str(tmp_path / "a"), "--targets", str(tmp_path / "a"),
+                     "--morphable", str(tmp_path / "none")])
+    with pytest.raises(SystemExit, match="unknown morphable model format"):
+        main(base + ["--sources", str(tmp_path / "a"), "--targets", str(tmp_path / "a"),
+                     "--morphable", str(tmp_path / "file.jpg")])
     with pytest.raises(SystemExit, match="--device must be"):
         main(base + ["--sources", str(tmp_path / "a"), "--targets", str(tmp_path / "a"), "--device", "tpu"])

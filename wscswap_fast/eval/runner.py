@@ -291,6 +291,26 @@ def _resolve_device(name: str) -> str:
     return name
 
 
+def _morphable(path: str | None):
+    """(model or None, its path, why not): the model given, else the default one when it is there
+    and loads (without eos-py the Surrey model cannot: its metrics are then left out, with the reason)."""
+    from ..models.morphable import load_morphable_model
+
+    if path is not None:
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"--morphable does not exist: {path}")
+        try:
+            return load_morphable_model(path), path, None
+        except ImportError as e:
+            raise ValueError(f"--morphable {path}: {e}") from None
+    if not os.path.isdir(DEFAULT_MORPHABLE):
+        return None, None, "no morphable model (give --morphable; ../shared/data/morphable/sfm not found)"
+    try:
+        return load_morphable_model(DEFAULT_MORPHABLE), DEFAULT_MORPHABLE, None
+    except ImportError as e:
+        return None, None, f"the default Surrey Face Model did not load: {e}"
+
+
 def evaluate(opts: EvalOptions) -> dict:
     """Run the evaluation described in the module docstring; write report.json, report.md and
     grid.png into ``opts.out`` and return the report (a dict)."""
@@ -310,10 +330,7 @@ def evaluate(opts: EvalOptions) -> dict:
         raise FileNotFoundError(f"--checkpoint does not exist: {opts.checkpoint}")
     if opts.arcface is not None and not os.path.isfile(opts.arcface):
         raise FileNotFoundError(f"--arcface checkpoint not found: {opts.arcface}")
-    morphable_path = opts.morphable if opts.morphable is not None else (
-        DEFAULT_MORPHABLE if os.path.isdir(DEFAULT_MORPHABLE) else None)
-    if opts.morphable is not None and not os.path.exists(opts.morphable):
-        raise FileNotFoundError(f"--morphable does not exist: {opts.morphable}")
+    model, morphable_path, morphable_note = _morphable(opts.morphable)
     device = _resolve_device(opts.device)
     os.makedirs(opts.out, exist_ok=True)
 
@@ -387,10 +404,7 @@ def evaluate(opts: EvalOptions) -> dict:
             res_emb = np.stack([f.embeddings[name] for f in result_faces])
             m[name] = _identity_metrics(name, pairs, src_emb, tgt_emb, res_emb, si, ti, len(targets),
                                         [s.name for s in sources])
-        if morphable_path is not None:
-            from ..models.morphable import load_morphable_model
-
-            model = load_morphable_model(morphable_path)
+        if model is not None:
             lms = [s.face.landmarks68 for s in sources] + [t.face.landmarks68 for t in targets] + \
                   [f.landmarks68 for f in result_faces]
             fits = fit_faces(model, lms)
@@ -413,7 +427,7 @@ def evaluate(opts: EvalOptions) -> dict:
             m["morphable"] = {"name": model.name, "num_id": model.num_id, "num_exp": model.num_exp,
                               "fit_error_px": metrics.summarise(fits.error)}
         else:
-            m["morphable_note"] = "no morphable model (give --morphable; ../shared/data/morphable/sfm not found)"
+            m["morphable_note"] = morphable_note
     report["seconds"] = time.time() - start
 
     _atomic_write(os.path.join(opts.out, "report.json"),
