@@ -127,16 +127,17 @@ def _thumb(bgr: np.ndarray, box) -> np.ndarray:
                           borderValue=(255, 255, 255))
 
 
-def build_grid(sources: list[_Input], targets: list[_Input], results: dict) -> np.ndarray:
-    """BGR grid: first row the targets, first column the sources, cell (i, j) source i on target j."""
+def build_grid(sources: list[_Input], targets: list[_Input], cells: dict) -> np.ndarray:
+    """BGR grid: first row the targets, first column the sources, cell (i, j) source i on target j
+    (``cells[(i, j)]``: the THUMB x THUMB thumbnail of that result at the target's face)."""
     rows, cols = len(sources) + 1, len(targets) + 1
     grid = np.full((rows * THUMB, cols * THUMB, 3), 255, dtype=np.uint8)
     for j, t in enumerate(targets, 1):
         grid[:THUMB, j * THUMB:(j + 1) * THUMB] = _thumb(t.image, t.face.box)
     for i, s in enumerate(sources, 1):
         grid[i * THUMB:(i + 1) * THUMB, :THUMB] = _thumb(s.image, s.face.box)
-        for j, t in enumerate(targets, 1):
-            grid[i * THUMB:(i + 1) * THUMB, j * THUMB:(j + 1) * THUMB] = _thumb(results[(i - 1, j - 1)], t.face.box)
+        for j in range(1, cols):
+            grid[i * THUMB:(i + 1) * THUMB, j * THUMB:(j + 1) * THUMB] = cells[(i - 1, j - 1)]
     return grid
 
 
@@ -364,7 +365,7 @@ def evaluate(opts: EvalOptions) -> dict:
         swapper.set_source([s.image])
         for j, t in enumerate(targets):
             y = swapper.swap_image(t.image)
-            results[(i, j)] = y
+            results[(i, j)] = _thumb(y, t.face.box)   # keep only the grid cell, not S x T full images
             face = analyzer.analyse_at(y, t.face.box)
             result_faces.append(face)
             pairs.append({"source": s.name, "target": t.name, "result_face": "detected" if face.detected else "target_box"})
