@@ -16,6 +16,7 @@ point under the nose, not these, so with 68 landmarks they are derived from them
 """
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 from dataclasses import dataclass, field
@@ -115,6 +116,17 @@ def _downscale(image: np.ndarray, max_side: int) -> tuple[np.ndarray, float]:
     return small, scale
 
 
+@functools.lru_cache(maxsize=None)
+def _dlib_model(name: str):
+    """Each dlib model file is read once per process (the 68-point one is 100 MB, ~1 s): the
+    models are read-only after loading, so detectors share them."""
+    import dlib
+
+    if name == "dlib_face_recognition_resnet_model_v1.dat":
+        return dlib.face_recognition_model_v1(dlib_model_path(name))
+    return dlib.shape_predictor(dlib_model_path(name))
+
+
 class DlibLandmarker:
     """dlib's shape predictors and 128-d face descriptor on given boxes (no detection)."""
 
@@ -122,15 +134,11 @@ class DlibLandmarker:
         import dlib
 
         self._dlib = dlib
-        self.predictor68 = dlib.shape_predictor(dlib_model_path("shape_predictor_68_face_landmarks.dat"))
-        self._predictor5 = None
-        self._encoder = None
+        self.predictor68 = _dlib_model("shape_predictor_68_face_landmarks.dat")
 
     @property
     def predictor5(self):
-        if self._predictor5 is None:
-            self._predictor5 = self._dlib.shape_predictor(dlib_model_path("shape_predictor_5_face_landmarks.dat"))
-        return self._predictor5
+        return _dlib_model("shape_predictor_5_face_landmarks.dat")
 
     def _rect(self, box):
         x0, y0, x1, y1 = (int(round(v)) for v in box)
@@ -148,11 +156,9 @@ class DlibLandmarker:
 
     def descriptor(self, rgb: np.ndarray, box) -> np.ndarray:
         """dlib's 128-d face-recognition embedding (same person: distance under about 0.6)."""
-        if self._encoder is None:
-            self._encoder = self._dlib.face_recognition_model_v1(
-                dlib_model_path("dlib_face_recognition_resnet_model_v1.dat"))
         shape = self.predictor5(rgb, self._rect(box))
-        return np.asarray(self._encoder.compute_face_descriptor(rgb, shape), dtype=np.float64)
+        encoder = _dlib_model("dlib_face_recognition_resnet_model_v1.dat")
+        return np.asarray(encoder.compute_face_descriptor(rgb, shape), dtype=np.float64)
 
 
 class DlibDetector:
