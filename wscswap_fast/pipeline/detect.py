@@ -141,8 +141,9 @@ class DlibLandmarker:
         return _dlib_model("shape_predictor_5_face_landmarks.dat")
 
     def _rect(self, box):
+        # our boxes end one past the last pixel; dlib's rectangles include their right/bottom pixel
         x0, y0, x1, y1 = (int(round(v)) for v in box)
-        return self._dlib.rectangle(x0, y0, x1, y1)
+        return self._dlib.rectangle(x0, y0, x1 - 1, y1 - 1)
 
     def landmarks68(self, rgb: np.ndarray, box) -> np.ndarray:
         """(68, 2) float64 landmarks of the face in ``box`` of an RGB uint8 image."""
