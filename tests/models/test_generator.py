@@ -124,6 +124,7 @@ class _Taint(TorchDispatchMode):
         self.ain_cleans = ain_cleans
         self.tainted = {}  # storage pointer -> tensor (kept alive so pointers are not reused)
         self.ain_calls = 0
+        self.custom_calls = 0  # any wscswap:: op
 
     def mark(self, t):
         self.tainted[t.untyped_storage().data_ptr()] = t
@@ -136,6 +137,7 @@ class _Taint(TorchDispatchMode):
         inputs = [a for a in tree_flatten((args, kwargs))[0] if isinstance(a, torch.Tensor)]
         is_ain = func.namespace == "wscswap" and "ain" in func.name()
         self.ain_calls += is_ain
+        self.custom_calls += func.namespace == "wscswap"
         if any(self.is_tainted(a) for a in inputs) and not (is_ain and self.ain_cleans):
             for o in tree_flatten(out)[0]:
                 if isinstance(o, torch.Tensor):
@@ -224,6 +226,19 @@ def test_backend_matches_reference_outputs_and_gradients(backend):
         else:
             assert _rel(g_fast[name], grad) <= max(1e-4, 10 * rounding), (name, rounding)
     assert strict >= 0.9 * len(g_ref)  # the exception stays an exception
+
+
+def test_plain_backend_has_no_custom_ops_and_matches():
+    g = _model(128)
+    xt, mt, z = _inputs(2, 128)
+    with torch.no_grad():
+        want = g.set_backend("reference")(xt, mt, z)
+        mode = _Taint()
+        with mode:
+            got = g.set_backend("plain")(xt, mt, z)
+    assert mode.custom_calls == 0
+    for name in GeneratorOutput._fields:
+        assert _rel(getattr(got, name), getattr(want, name)) <= 1e-5, name
 
 
 def test_runs_under_bf16_autocast():

@@ -28,10 +28,15 @@ from torch import nn
 
 from .. import ops
 from ..nn import AIN
+from ..ops.ain import reference as ain_reference
+from ..ops.blend import reference as blend_reference
 
 RESOLUTIONS = (128, 256, 512)
 CODE_SIZE = 16
 LEAK = 0.2
+# "plain": no custom ops at all, the ops' plain-PyTorch definitions inline (torch.compile can
+# fuse through them; ONNX export can trace them). Every other name is an ops backend.
+PLAIN = "plain"
 
 
 def _default_channels(scale: int, width: float) -> int:
@@ -123,9 +128,12 @@ class _AIN(AIN):
         if att.shape[-2:] != h.shape[-2:]:
             raise ValueError(f"att must have h's spatial size {tuple(h.shape[-2:])}, got {tuple(att.shape)}")
         dt = h.dtype
-        return ops.ain(h, self.id_gamma(z_id).to(dt), self.id_beta(z_id).to(dt), self.att_gamma(att).to(dt),
-                       self.att_beta(att).to(dt), self.mask.weight.reshape(-1).to(dt), self.mask.bias.to(dt),
-                       eps=self.eps, return_mask=return_mask, backend=backend)
+        args = (h, self.id_gamma(z_id).to(dt), self.id_beta(z_id).to(dt), self.att_gamma(att).to(dt),
+                self.att_beta(att).to(dt), self.mask.weight.reshape(-1).to(dt), self.mask.bias.to(dt))
+        if backend == PLAIN:
+            out, m = ain_reference(*args, eps=self.eps)
+            return (out, m) if return_mask else out
+        return ops.ain(*args, eps=self.eps, return_mask=return_mask, backend=backend)
 
 
 class FaceEncoder(nn.Module):
@@ -276,8 +284,12 @@ class Generator(nn.Module):
             nn.init.ones_(m.id_gamma.bias)
 
     def set_backend(self, name: str) -> "Generator":
-        if name not in ops.BACKENDS + ("auto",):
-            raise ValueError(f"backend must be one of {ops.BACKENDS + ('auto',)}, got {name!r}")
+        """The backend of every fused op call: 'auto', 'cuda', 'triton', 'cpu', 'reference', or
+        'plain' (the ops' plain-PyTorch definitions inline, no custom ops: for torch.compile
+        to see through and for export)."""
+        choices = ops.BACKENDS + ("auto", PLAIN)
+        if name not in choices:
+            raise ValueError(f"backend must be one of {choices}, got {name!r}")
         self.backend = name
         return self
 
@@ -308,7 +320,10 @@ class Generator(nn.Module):
         face = torch.sigmoid(self.face_head(h))
         mask = torch.sigmoid(self.mask_head(h))
         # under autocast the heads give bf16/fp16: the blend runs in the face's dtype
-        result = ops.blend(face, xt.to(face.dtype), mask.to(face.dtype), backend=self.backend)
+        if self.backend == PLAIN:
+            result = blend_reference(face, xt.to(face.dtype), mask.to(face.dtype))
+        else:
+            result = ops.blend(face, xt.to(face.dtype), mask.to(face.dtype), backend=self.backend)
         return GeneratorOutput(result, face, mask, face_code)
 
 
