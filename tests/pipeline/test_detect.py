@@ -131,3 +131,110 @@ def test_onnx_detector_missing_file_and_bad_arguments(tmp_path):
         D.OnnxDetector(str(bad), kind="scrfd", landmarks68=False)
     with pytest.raises(ValueError, match="kind"):
         D.OnnxDetector(str(bad), kind="retina")
+
+
+# ---- SCRFD plumbing with a tiny ONNX model written here (no model file ships offline) ----
+def _varint(n):
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        out.append(b | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _field(num, value):
+    """One protobuf field: ints as varints, bytes/str as length-delimited."""
+    if isinstance(value, int):
+        return _varint(num << 3) + _varint(value)
+    if isinstance(value, str):
+        value = value.encode()
+    return _varint(num << 3 | 2) + _varint(len(value)) + value
+
+
+def _value_info(name, shape):
+    dims = b"".join(_field(1, _field(1, d)) for d in shape)  # Dimension.dim_value
+    tensor_type = _field(1, 1) + _field(2, dims)  # elem_type FLOAT, shape
+    return _field(1, name) + _field(2, _field(1, tensor_type))
+
+
+def _tensor(name, array):
+    array = np.ascontiguousarray(array, dtype="<f4")
+    return b"".join(_field(1, d) for d in array.shape) + _field(2, 1) + _field(8, name) + _field(9, array.tobytes())
+
+
+def _constant_model(input_shape, outputs):
+    """An ONNX model whose outputs are the given constants (Identity of initializers)."""
+    graph = b""
+    for name, arr in outputs:
+        graph += _field(1, _field(1, name + "_c") + _field(2, name) + _field(3, "id_" + name) + _field(4, "Identity"))
+    graph += _field(2, "tiny_scrfd")
+    for name, arr in outputs:
+        graph += _field(5, _tensor(name + "_c", arr))
+    graph += _field(11, _value_info("input.1", input_shape))
+    for name, arr in outputs:
+        graph += _field(12, _value_info(name, arr.shape))
+    return _field(1, 7) + _field(2, "wscswap-test") + _field(7, graph) + _field(8, _field(1, "") + _field(2, 13))
+
+
+def test_scrfd_decoding_through_onnxruntime(tmp_path):
+    pytest.importorskip("onnxruntime")
+    size = 64  # input; strides 8, 16, 32 -> grids 8, 4, 2 with 2 anchors per cell
+    outs = {}
+    for s in D.SCRFD_STRIDES:
+        n = (size // s) ** 2 * 2
+        outs[f"score_{s}"] = np.full((n, 1), 0.01)
+        outs[f"bbox_{s}"] = np.ones((n, 4))
+        outs[f"kps_{s}"] = np.zeros((n, 10))
+    # one face on stride 16, cell (x=2, y=1), first anchor: centre (32, 16) in input pixels
+    j = (1 * 4 + 2) * 2
+    outs["score_16"][j] = 0.9
+    outs["bbox_16"][j] = [1.0, 0.5, 1.5, 2.0]  # left, top, right, bottom distances in strides
+    outs["kps_16"][j] = [-0.5, -0.25, 0.5, -0.25, 0.0, 0.25, -0.25, 0.75, 0.25, 0.75]
+    order = [f"{k}_{s}" for k in ("score", "bbox", "kps") for s in D.SCRFD_STRIDES]
+    path = tmp_path / "tiny_scrfd.onnx"
+    path.write_bytes(_constant_model((1, 3, size, size), [(k, outs[k]) for k in order]))
+    det = D.OnnxDetector(str(path), score_threshold=0.5, landmarks68=False, input_size=size)
+    assert det.kind == "scrfd"  # picked by the file name
+    # a 128x96 image: letterboxed into 64x64 at scale 0.5, so image coordinates are input x 2
+    faces = det.detect(np.zeros((96, 128, 3), np.uint8))
+    assert len(faces) == 1
+    f = faces[0]
+    assert f.score == pytest.approx(0.9)
+    np.testing.assert_allclose(f.box, np.array([32 - 16, 16 - 8, 32 + 24, 16 + 32]) * 2)
+    kps = np.array([-0.5, -0.25, 0.5, -0.25, 0.0, 0.25, -0.25, 0.75, 0.25, 0.75]).reshape(5, 2) * 16 + [32, 16]
+    np.testing.assert_allclose(f.landmarks5, kps * 2)
+    assert f.landmarks68 is None
+    # an output of the wrong size is an error naming what was expected
+    bad = tmp_path / "bad_scrfd.onnx"
+    outs["kps_8"] = np.zeros((7, 10))
+    bad.write_bytes(_constant_model((1, 3, size, size), [(k, outs[k]) for k in order]))
+    with pytest.raises(ValueError, match="stride 8"):
+        D.OnnxDetector(str(bad), landmarks68=False, input_size=size).detect(np.zeros((64, 64, 3), np.uint8))
+
+
+def test_yunet_through_opencv(tmp_path):
+    """OpenCV's FaceDetectorYN on a tiny constant model with YuNet's outputs: cls/obj/bbox/kps per
+    stride, one cell per location; box centre (cell + offset) * stride, size exp(.) * stride."""
+    size = 64
+    outs = {}
+    for s in D.SCRFD_STRIDES:
+        n = (size // s) ** 2
+        outs[f"cls_{s}"], outs[f"obj_{s}"] = np.zeros((1, n, 1)), np.zeros((1, n, 1))
+        outs[f"bbox_{s}"], outs[f"kps_{s}"] = np.zeros((1, n, 4)), np.zeros((1, n, 10))
+    j = 1 * 4 + 2  # stride 16, cell (x=2, y=1)
+    outs["cls_16"][0, j] = outs["obj_16"][0, j] = 0.9
+    outs["bbox_16"][0, j] = [0.0, 0.0, np.log(2), np.log(3)]
+    kps = np.array([-0.5, -0.25, 0.5, -0.25, 0.0, 0.25, -0.25, 0.75, 0.25, 0.75])
+    outs["kps_16"][0, j] = kps
+    order = [f"{k}_{s}" for k in ("cls", "obj", "bbox", "kps") for s in D.SCRFD_STRIDES]
+    path = tmp_path / "tiny_yunet.onnx"
+    path.write_bytes(_constant_model((1, 3, size, size), [(k, outs[k]) for k in order]))
+    det = D.OnnxDetector(str(path), landmarks68=False)
+    assert det.kind == "yunet"
+    faces = det.detect(np.zeros((size, size, 3), np.uint8))
+    assert len(faces) == 1
+    assert faces[0].score == pytest.approx(0.9, abs=1e-5)
+    np.testing.assert_allclose(faces[0].box, [16, -8, 48, 40], atol=1e-4)
+    np.testing.assert_allclose(faces[0].landmarks5, (kps.reshape(5, 2) + [2, 1]) * 16, atol=1e-4)
