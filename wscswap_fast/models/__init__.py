@@ -1,10 +1,28 @@
 """Models: the 3D morphable model and its camera, the generator, its discriminators, the
-ArcFace identity encoder and the 3DMM coefficient regressor."""
-from .discriminator import IdentityAdversary, MultiScaleDiscriminator
-from .generator import Generator, GeneratorConfig, GeneratorOutput
-from .iresnet import IdentityEncoder, IResNet, iresnet18, iresnet34, iresnet50, iresnet100, load_identity_encoder
-from .regressor import CoefficientRegressor, load_coefficient_regressor
+ArcFace identity encoder and the 3DMM coefficient regressor.
 
-__all__ = ["CoefficientRegressor", "Generator", "GeneratorConfig", "GeneratorOutput", "IResNet", "IdentityAdversary",
-           "IdentityEncoder", "MultiScaleDiscriminator", "iresnet18", "iresnet34", "iresnet50", "iresnet100",
-           "load_coefficient_regressor", "load_identity_encoder"]
+The names below load their module on first use (PEP 562), so importing the package stays cheap
+and `python -m wscswap_fast.models.generator` runs without a double import."""
+import importlib
+
+_EXPORTS = {
+    "IdentityAdversary": "discriminator", "MultiScaleDiscriminator": "discriminator",
+    "Generator": "generator", "GeneratorConfig": "generator", "GeneratorOutput": "generator",
+    "IResNet": "iresnet", "IdentityEncoder": "iresnet", "iresnet18": "iresnet", "iresnet34": "iresnet",
+    "iresnet50": "iresnet", "iresnet100": "iresnet", "load_identity_encoder": "iresnet",
+    "CoefficientRegressor": "regressor", "load_coefficient_regressor": "regressor",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + __all__)
