@@ -67,6 +67,7 @@ def test_safetensors_and_missing_batch_counters(tmp_path):
     (lambda s: s.pop("layer2.0.conv1.weight"), r"missing keys \['layer2.0.conv1.weight'\]"),
     (lambda s: s.__setitem__("head.weight", torch.zeros(3)), r"unexpected keys \['head.weight'\]"),
     (lambda s: s.__setitem__("fc.weight", torch.zeros(512, 100)), r"wrong shapes \['fc.weight \(512, 100\)"),
+    (lambda s: s.__setitem__("fc.bias", [0.0] * 512), r"wrong shapes \['fc.bias \(a list, not a tensor\)"),
 ])
 def test_mismatched_checkpoint_names_the_keys(tmp_path, change, message):
     state = _fake_checkpoint("iresnet18")

@@ -152,13 +152,17 @@ def read_state_dict(path: str, what: str) -> dict:
     return obj
 
 
+def _describe(v) -> str:
+    return str(tuple(v.shape)) if isinstance(v, torch.Tensor) else f"(a {type(v).__name__}, not a tensor)"
+
+
 def load_strict(module: nn.Module, state: dict, what: str) -> None:
     """load_state_dict(strict=True) with one ValueError that names every missing, unexpected
     and wrong-shaped key. A missing BatchNorm num_batches_tracked is allowed (old checkpoints)."""
     own = module.state_dict()
     missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
     extra = [k for k in state if k not in own]
-    bad = [f"{k} {tuple(state[k].shape)} (expected {tuple(own[k].shape)})" for k in own
+    bad = [f"{k} {_describe(state[k])} (expected {tuple(own[k].shape)})" for k in own
            if k in state and (not isinstance(state[k], torch.Tensor) or state[k].shape != own[k].shape)]
     if missing or extra or bad:
         parts = [f"missing keys {missing}" if missing else "", f"unexpected keys {extra}" if extra else "",
