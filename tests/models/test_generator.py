@@ -259,3 +259,13 @@ def test_size_table_lists_each_resolution():
     table = size_table(width=TINY, resolutions=(128, 256))
     assert table.splitlines()[0].startswith("| resolution | parameters | GFLOPs")
     assert "| 128x128 |" in table and "| 256x256 |" in table
+
+
+@pytest.mark.parametrize("backend", ["cpu", "plain"])
+def test_torch_compile_sees_one_graph(backend):
+    """Dynamo traces the whole forward (fused ops as custom ops) with no graph break."""
+    torch._dynamo.reset()
+    g = Generator(GeneratorConfig.for_resolution(64, TINY)).set_backend(backend)
+    explained = torch._dynamo.explain(g)(*_inputs(1, 64))
+    assert explained.graph_break_count == 0, explained.break_reasons
+    assert explained.graph_count == 1
