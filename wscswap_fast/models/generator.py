@@ -179,9 +179,10 @@ class AINResBlock(nn.Module):
     identity when channels match and `learned_skip` is False, else AIN -> ReLU -> conv3x3 (so a
     block can take a tensor that must only be seen through AIN).
 
-    Convs feeding only an instance norm have no bias (a per-channel constant cancels there,
-    and its gradient is zero): conv1 always, conv2/conv_skip unless `out_bias` (the last block,
-    whose output goes to the heads)."""
+    conv1 has no bias: it feeds only ain2's instance norm, where a per-channel constant cancels
+    (its gradient would be zero). conv2/conv_skip have one only with `out_bias` (the last block,
+    whose output goes to the heads): elsewhere their output is instance-normalised by the next
+    block, and the last block's bias supplies any constant the identity residuals carry."""
 
     def __init__(self, cin: int, cout: int, id_dim: int, att_channels: int, learned_skip: bool = False,
                  out_bias: bool = False):
