@@ -16,8 +16,8 @@ from wscswap_fast.pipeline.detect import DlibDetector
 
 @functools.lru_cache(maxsize=None)
 def tiny_checkpoint() -> str:
-    """A width-0.125, 128-pixel generator saved as a training checkpoint, once per test process
-    (random weights: the pipeline's plumbing does not depend on what the network learned)."""
+    """A width-0.125, 128-pixel generator (random weights) saved with the trainer's checkpoint
+    format, once per test process: the quick stand-in for most pipeline tests."""
     from wscswap_fast.models.generator import Generator, GeneratorConfig
     from wscswap_fast.train.checkpoint import save_checkpoint
     from wscswap_fast.train.config import load_config
@@ -31,14 +31,39 @@ def tiny_checkpoint() -> str:
 
 
 @functools.lru_cache(maxsize=None)
+def trained_checkpoint() -> str:
+    """A real training run, once per test process: one step of `train()` on the 24 aligned crops
+    at 128^2, generator width 0.125, iresnet18 / resnet18 encoders (random: no weights offline).
+    The pipeline's plumbing does not depend on what the network has learned."""
+    from tests.backends import SHARED_DATA
+    from wscswap_fast.train.config import load_config
+    from wscswap_fast.train.trainer import train
+
+    faces = os.path.join(SHARED_DATA, "faces", "aligned")
+    if not os.path.isdir(faces):
+        pytest.skip("../shared/data is not beside this checkout")
+    out = tempfile.mkdtemp(prefix="wscswap-pipeline-run-")
+    cfg = load_config(None, [f"data.root={faces}", "data.resolution=128", "data.batch_size=2", "data.workers=0",
+                             f"data.cache_dir={out}/cache", "model.generator_width=0.125",
+                             "model.identity_arch=iresnet18", "model.regressor_arch=resnet18", f"run.out_dir={out}",
+                             "run.device=cpu", "run.steps=1", "run.log_every=1", "run.image_every=0",
+                             "run.save_every=0"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # random encoders
+        summary = train(cfg, progress=False)
+    return str(summary["checkpoint"])
+
+
+@functools.lru_cache(maxsize=None)
 def shared_detector() -> DlibDetector:
     return DlibDetector()
 
 
-def make_swapper(**options) -> S.Swapper:
+def make_swapper(checkpoint: str | None = None, **options) -> S.Swapper:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the random identity encoder warns that identity will not transfer
-        return S.Swapper(tiny_checkpoint(), device="cpu", options=S.SwapOptions(**options), detector=shared_detector())
+        return S.Swapper(checkpoint or tiny_checkpoint(), device="cpu", options=S.SwapOptions(**options),
+                         detector=shared_detector())
 
 
 def photo(shared_data, name):
@@ -254,3 +279,20 @@ def test_cuda_half_precision_swap(shared_data):
     out = sw.swap_image(img)
     changed, outside = _changed_boxes(img, out, shared_detector().detect(img))
     assert changed == [True, True] and not outside
+
+
+def test_paste_mask_is_the_hull_grown_by_a_disc(shared_data):
+    from wscswap_fast.pipeline.align import estimate_affine, transform_points
+    from wscswap_fast.pipeline.masks import hull_mask
+
+    img = cv2.imread(photo(shared_data, "obama2.jpg"))
+    f = shared_detector().detect(img)[0]
+    lm = transform_points(estimate_affine(f.landmarks5, 256), f.landmarks68)
+    hull = hull_mask(lm, 256)
+    grown = S.grown_hull_mask(lm, 256, 16)
+    assert (grown >= hull).all()
+    expect = cv2.dilate((hull * 255).astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (33, 33))) > 127
+    got = grown > 0.5
+    assert (got & expect).sum() / (got | expect).sum() > 0.98  # IoU with a true dilation
+    same = S.grown_hull_mask(lm, 256, 0) > 0.5  # grow 0: the hull itself
+    assert (same ^ (hull > 0.5)).sum() < 0.01 * (hull > 0.5).sum()

@@ -1,5 +1,5 @@
 """The video pipeline end to end on a 30-frame clip of ../shared/data/video/short_hamilton_clip.mp4
-with a tiny checkpoint; live mode with that file as the camera; tracking and smoothing; errors."""
+with a tiny checkpoint trained here (one step of train()); live mode with that file as the camera; tracking and smoothing; errors."""
 import os
 import warnings
 
@@ -13,7 +13,7 @@ from wscswap_fast.pipeline import video as V
 from wscswap_fast.pipeline.live import run_live
 from wscswap_fast.pipeline.provenance import TAG, read_tag
 
-from .test_swapper import make_swapper, shared_detector
+from .test_swapper import make_swapper, shared_detector, trained_checkpoint
 
 CLIP = os.path.join(SHARED_DATA, "video", "short_hamilton_clip.mp4")
 FIRST = 140  # frames 140-169 show a face HOG finds in every frame (upsample 1)
@@ -49,7 +49,9 @@ def clip(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def swapper():
-    sw = make_swapper(detect_every=3, batch_frames=4)
+    if not os.path.isfile(CLIP):
+        pytest.skip("../shared/data is not beside this checkout")
+    sw = make_swapper(trained_checkpoint(), detect_every=3, batch_frames=4)  # a real (1-step) training run
     sw.set_source(os.path.join(SHARED_DATA, "faces", "photos", "obama.jpg"))
     return sw
 
@@ -114,7 +116,7 @@ def test_video_errors_leave_nothing(swapper, clip, tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="output video must end"):
         swapper.swap_video(clip, str(tmp_path / "o.avi"))
     # a failure half-way leaves neither the output nor a temp file
-    real = swapper.process_batch
+    real = swapper.render_batch
     calls = {"n": 0}
 
     def failing(*a, **k):
@@ -123,8 +125,22 @@ def test_video_errors_leave_nothing(swapper, clip, tmp_path, monkeypatch):
             raise RuntimeError("model exploded")
         return real(*a, **k)
 
-    monkeypatch.setattr(swapper, "process_batch", failing)
+    monkeypatch.setattr(swapper, "render_batch", failing)
     with pytest.raises(RuntimeError, match="model exploded"):
+        swapper.swap_video(clip, str(tmp_path / "o.mp4"), progress=False)
+    assert sorted(os.listdir(tmp_path)) == ["junk.mp4"]
+    monkeypatch.undo()
+    # and so does a failure in the detection thread (no hang either)
+    real_find = swapper.find_faces
+
+    def failing_find(frame, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 10:
+            raise RuntimeError("detector exploded")
+        return real_find(frame, *a, **k)
+
+    monkeypatch.setattr(swapper, "find_faces", failing_find)
+    with pytest.raises(RuntimeError, match="detector exploded"):
         swapper.swap_video(clip, str(tmp_path / "o.mp4"), progress=False)
     assert sorted(os.listdir(tmp_path)) == ["junk.mp4"]
 

@@ -1,8 +1,10 @@
 """Video in and out with OpenCV, and the threaded swap pipeline.
 
-reader thread (decode) -> bounded queue -> worker (detect/track, align, model, paste; batches of
-frames) -> bounded queue -> writer thread (encode). The bounded queues let decoding, the model and
-encoding overlap without holding the whole video in memory. The writer writes a temp file beside
+reader thread (decode) -> faces thread (detect every k frames / track, smooth, select) -> worker
+(align, model, paste, a batch of frames at a time) -> writer thread (encode), joined by bounded
+queues. Decoding, detection, the model and encoding overlap without holding the video in memory:
+detection does not depend on the model's output, so frame i+1's faces are found while frame i's
+batch is in the generator. The writer writes a temp file beside
 the output; at the end the audio is copied in with ffmpeg when it is on PATH (otherwise a
 warning), the provenance comment is added to the MP4, and the file is renamed into place.
 """
@@ -161,6 +163,22 @@ def _writer(sink: VideoSink, q: queue.Queue, profile: StageProfile, errors: list
             pass
 
 
+def _faces(swapper, tracker, q_in: queue.Queue, q_mid: queue.Queue, profile: StageProfile,
+           stop: threading.Event, errors: list) -> None:
+    try:
+        while True:
+            item = q_in.get()
+            if item is _END:
+                return
+            _put(q_mid, (item, swapper.find_faces(item, tracker, profile)), stop)
+            if stop.is_set():
+                return
+    except BaseException as e:
+        errors.append(e)
+    finally:
+        _put(q_mid, _END, stop)  # the worker stops at this; run_pipeline drains q_in for the reader
+
+
 def _put(q: queue.Queue, item, stop: threading.Event) -> None:
     while True:
         try:
@@ -191,42 +209,45 @@ def run_pipeline(swapper, source: VideoSource, sink: VideoSink | None, *, progre
         import torch
 
         prof._sync = torch.cuda.synchronize
-    q_in, q_out = queue.Queue(o.queue_size), queue.Queue(o.queue_size)
+    q_in, q_mid, q_out = (queue.Queue(o.queue_size) for _ in range(3))
     stop, errors = threading.Event(), []
     tracker = swapper.tracker(source.fps)
     total = source.frame_count if source.frame_count else None
     if total and max_frames > 0:
         total = min(total, max_frames)
     bar = tqdm(total=total, unit="frame", desc="wscswap", disable=not progress, dynamic_ncols=True)
-    reader = threading.Thread(target=_reader, args=(source, q_in, prof, stop, errors, max_frames), daemon=True)
+    threads = [threading.Thread(target=_reader, args=(source, q_in, prof, stop, errors, max_frames), daemon=True),
+               threading.Thread(target=_faces, args=(swapper, tracker, q_in, q_mid, prof, stop, errors), daemon=True)]
     writer = None
     if sink is not None or on_frame is not None:  # preview only: a sink that discards
         writer = threading.Thread(target=_writer, args=(sink or _NullSink(), q_out, prof, errors, on_frame),
                                   daemon=True)
     t0 = time.perf_counter()
-    reader.start()
+    for t in threads:
+        t.start()
     if writer is not None:
         writer.start()
     ok = False
     try:
         done = False
         while not done and not errors:
-            batch = []
-            while len(batch) < batch_frames:
-                item = q_in.get()
+            frames, faces = [], []
+            while len(frames) < batch_frames:
+                item = q_mid.get()
                 if item is _END:
                     done = True
                     break
-                batch.append(item)
-            if batch:
-                outs, counts = swapper.process_batch(batch, tracker, prof)
-                for out, n in zip(outs, counts):
+                frames.append(item[0])
+                faces.append(item[1])
+            if frames:
+                outs = swapper.render_batch(frames, faces, prof)
+                for out, f in zip(outs, faces):
                     stats.frames += 1
-                    stats.faces_swapped += n
-                    stats.frames_without_face += int(n == 0)
+                    stats.faces_swapped += len(f)
+                    stats.frames_without_face += int(not f)
                     if writer is not None:
                         _put(q_out, out, stop)
-                bar.update(len(batch))
+                bar.update(len(frames))
                 elapsed = time.perf_counter() - t0
                 bar.set_postfix(fps=f"{stats.frames / elapsed:.1f}", refresh=False)
             if should_stop is not None and should_stop():
@@ -237,15 +258,20 @@ def run_pipeline(swapper, source: VideoSource, sink: VideoSink | None, *, progre
         if writer is not None:
             _put(q_out, _END, threading.Event())
             writer.join()
-        reader.join(timeout=5)
+        for t in threads:  # unblock them if they wait on a full queue
+            while t.is_alive():
+                for q in (q_in, q_mid):
+                    try:
+                        q.get_nowait()
+                    except queue.Empty:
+                        pass
+                t.join(timeout=0.05)
         bar.close()
         prof.frames = stats.frames
         prof.wall = time.perf_counter() - t0
         if not ok and sink is not None:
             sink.abort()
     if errors:
-        if sink is not None:
-            sink.abort()
         raise errors[0]
     return stats
 
