@@ -37,6 +37,8 @@ def test_pipeline_batch(benchmark, device, frames, resolution, setting):
     tracker = sw.tracker(30.0)
     benchmark.group = f"pipeline 8 frames 640x360 {resolution}^2 {device}"
     benchmark.extra_info["frames"] = len(frames)
+    _, counts = sw.process_batch(frames, tracker, StageProfile())
+    assert counts == [1] * len(frames)  # a face in every frame of the segment
     benchmark.pedantic(lambda: sw.process_batch(frames, tracker, StageProfile()), warmup_rounds=1, rounds=3)
 
 

@@ -216,3 +216,12 @@ def test_smoothing_filters():
 
 def test_is_video_path():
     assert V.is_video_path("a.MP4") and V.is_video_path("b.avi") and not V.is_video_path("c.png")
+
+
+def test_swap_frames_generator(swapper, clip):
+    frames, _ = _frames(clip, 0, 5)
+    outs = list(swapper.swap_frames(frames, fps=29.97))
+    assert len(outs) == 5 and all(o.shape == f.shape and o.dtype == np.uint8 for o, f in zip(outs, frames))
+    assert any(not np.array_equal(o, f) for o, f in zip(outs, frames))
+    with pytest.raises(ValueError, match="frame must be a uint8"):
+        list(swapper.swap_frames([np.zeros((4, 4, 3), np.float32)]))
