@@ -4,25 +4,23 @@ import pytest
 import torch
 
 from wscswap_fast import ops
-from wscswap_fast.benchmarks.generator import CASES, _infer, _inputs, build
+from wscswap_fast.benchmarks.generator import CASES, _infer, _inputs, build, fused_backends
 
-CONTENDERS = ["reference", "torch.compile", "torch.compile (plain)", "cpu", "cuda", "triton"]
+CONTENDERS = ["reference", "torch.compile", "torch.compile (plain)", "cpu", "cuda", "triton",
+              "torch.compile (cpu)", "torch.compile (cuda)", "torch.compile (triton)"]
 
 
 @pytest.mark.parametrize("contender", CONTENDERS)
 @pytest.mark.parametrize("case", CASES["full"], ids=lambda c: f"{c[0]}px-b{c[1]}-w{c[2]:g}")
 def test_generator_inference(benchmark, device, sync, contender, case):
-    if contender in ops.BACKENDS and ops.available()[contender] is not True:
-        pytest.skip(f"{contender}: {ops.available()[contender]}")
-    if contender in ("cuda", "triton") and device.type != "cuda" or contender == "cpu" and device.type != "cpu":
-        pytest.skip(f"{contender} does not run on {device}")
+    compiled = contender.startswith("torch.compile")
+    backend = {"torch.compile": "reference"}.get(contender, contender.removeprefix("torch.compile (").rstrip(")"))
+    if backend in ops.BACKENDS and backend != "reference" and backend not in fused_backends(device):
+        pytest.skip(f"{backend} does not run on {device} here: {ops.available()[backend]}")
     res, batch, width = case
-    if contender == "torch.compile":
-        model = torch.compile(build(res, width, "reference", device))
-    elif contender == "torch.compile (plain)":
-        model = torch.compile(build(res, width, "plain", device))
-    else:
-        model = build(res, width, contender, device)
+    model = build(res, width, backend, device)
+    if compiled:
+        model = torch.compile(model)
     step = _infer(model, _inputs(res, batch, device))
     benchmark.group = f"generator inference {res}x{res} batch {batch} {device}"
     benchmark.extra_info["faces_per_call"] = batch

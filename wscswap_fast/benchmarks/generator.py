@@ -1,8 +1,8 @@
 """Generator inference (forward, no grad), faces/s at 128^2 and 256^2, batch 8: the model on each
 fused backend against the same model on backend='reference' (the ops' plain-PyTorch definitions
 behind the custom ops), torch.compile of that reference-backend model (the custom ops stay
-opaque to it), and torch.compile of the 'plain' model (no custom ops: Inductor may fuse
-through AIN and the blend itself). Quick mode (a smoke test: width 0.125, 64^2, batch 2) leaves
+opaque to it), torch.compile of the 'plain' model (no custom ops: Inductor may fuse through
+AIN and the blend itself), and torch.compile of each fused-backend model. Quick mode (a smoke test: width 0.125, 64^2, batch 2) leaves
 out the two torch.compile contenders, whose compile takes 20-40 s even for a tiny model.
 
 GFLOPs per face are in the model (python -m wscswap_fast.models.generator); this suite reports
@@ -47,11 +47,19 @@ def contenders(res: int, batch: int, width: float, device, compiled: bool = True
     if compiled:
         out["torch.compile"] = _infer(torch.compile(ref), inputs)
         out["torch.compile (plain)"] = _infer(torch.compile(build(res, width, "plain", device)), inputs)
-    for backend, ok in ops.available().items():
-        if ok is True and backend != "reference" and not (backend == "triton" and device.type != "cuda") \
-                and not (backend == "cpu" and device.type != "cpu") and not (backend == "cuda" and device.type != "cuda"):
-            out[backend] = _infer(build(res, width, backend, device), inputs)
+    for backend in fused_backends(device):
+        model = build(res, width, backend, device)
+        out[backend] = _infer(model, inputs)
+        if compiled:  # Inductor fuses the rest of the graph around the fused ops
+            out[f"torch.compile ({backend})"] = _infer(torch.compile(model), inputs)
     return out
+
+
+def fused_backends(device) -> list:
+    """The fused backends that serve `device` here (triton only on a GPU: on the CPU it is the
+    interpreter)."""
+    serve = {"cpu": ("cpu",), "cuda": ("cuda", "triton")}.get(device.type, ())
+    return [b for b, ok in ops.available().items() if ok is True and b in serve]
 
 
 def run(device: torch.device, quick: bool = False, copy_gbps: float = 1.0, seconds: float = 1.5) -> list:
