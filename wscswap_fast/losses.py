@@ -125,6 +125,12 @@ class NonIdentityLoss(nn.Module):
 # one separately and weights them with LossWeights.
 
 
+def _fp32(x: torch.Tensor) -> torch.Tensor:
+    """x in at least float32: autocast's bf16/fp16 are upcast (losses and their reductions in
+    fp32), float64 stays (tests compare against a float64 run)."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
 def _check_pair(name_a: str, a: torch.Tensor, name_b: str, b: torch.Tensor) -> None:
     if not isinstance(a, torch.Tensor) or not isinstance(b, torch.Tensor):
         raise TypeError(f"{name_a} and {name_b} must be tensors, got {type(a).__name__} and {type(b).__name__}")
@@ -137,7 +143,7 @@ def _cosine_distance(a: torch.Tensor, b: torch.Tensor, name_a: str, name_b: str)
     if a.dim() != 2:
         raise ValueError(f"{name_a} must be (N, D) embeddings, got shape {tuple(a.shape)}")
     # Computed in fp32: under autocast a half-precision dot of 512-d unit vectors loses ~1e-3.
-    return 1.0 - F.cosine_similarity(a.float(), b.float(), dim=1, eps=1e-8)
+    return 1.0 - F.cosine_similarity(_fp32(a), _fp32(b), dim=1, eps=1e-8)
 
 
 def identity_loss(emb: torch.Tensor, z_id: torch.Tensor) -> torch.Tensor:
@@ -155,7 +161,7 @@ def reconstruction_loss(y: torch.Tensor, xt: torch.Tensor, same: torch.Tensor) -
     if not isinstance(same, torch.Tensor) or same.shape != (y.shape[0],):
         raise ValueError(f"same must be a ({y.shape[0]},) tensor of 0/1, got "
                          f"{tuple(same.shape) if isinstance(same, torch.Tensor) else type(same).__name__}")
-    per_sample = (y.float() - xt.float()).abs().flatten(1).mean(1)
+    per_sample = (_fp32(y) - _fp32(xt)).abs().flatten(1).mean(1)
     same = same.to(per_sample.dtype)
     return (per_sample * same).sum() / same.sum().clamp(min=1.0)
 
@@ -177,14 +183,14 @@ def hinge_discriminator_loss(real_logits, fake_logits) -> torch.Tensor:
     real, fake = _as_logit_list(real_logits, "real_logits"), _as_logit_list(fake_logits, "fake_logits")
     if len(real) != len(fake):
         raise ValueError(f"real_logits has {len(real)} scales, fake_logits {len(fake)}")
-    terms = [F.relu(1.0 - r.float()).mean() + F.relu(1.0 + f.float()).mean() for r, f in zip(real, fake)]
+    terms = [F.relu(1.0 - _fp32(r)).mean() + F.relu(1.0 + _fp32(f)).mean() for r, f in zip(real, fake)]
     return sum(terms) / len(terms)
 
 
 def hinge_generator_loss(fake_logits) -> torch.Tensor:
     """-mean(D(fake)), averaged over the discriminator's scales."""
     fake = _as_logit_list(fake_logits, "fake_logits")
-    return sum(-f.float().mean() for f in fake) / len(fake)
+    return sum(-_fp32(f).mean() for f in fake) / len(fake)
 
 
 def feature_matching_loss(real_feats, fake_feats) -> torch.Tensor:
@@ -199,7 +205,7 @@ def feature_matching_loss(real_feats, fake_feats) -> torch.Tensor:
         if len(real) != len(fake):
             raise ValueError(f"scale {scale}: real_feats has {len(real)} entries, fake_feats {len(fake)}")
         for r, f in zip(real[:-1], fake[:-1]):
-            terms.append(F.l1_loss(f.float(), r.detach().float()))
+            terms.append(F.l1_loss(_fp32(f), _fp32(r.detach())))
     if not terms:
         return fake_feats[0][-1].new_zeros(())  # a discriminator of logits only: nothing to match
     return sum(terms) / len(terms)
@@ -225,7 +231,7 @@ def mask_loss(mask: torch.Tensor, target_mask: torch.Tensor) -> torch.Tensor:
     """Mean L1 between the generator's soft mask M and the (dilated) target face mask, both
     (N, 1, H, W) in [0, 1]. L1 rather than BCE: it is autocast-safe and does not explode at 0/1."""
     _check_pair("mask", mask, "target_mask", target_mask)
-    return F.l1_loss(mask.float(), target_mask.float())
+    return F.l1_loss(_fp32(mask), _fp32(target_mask))
 
 
 @dataclasses.dataclass

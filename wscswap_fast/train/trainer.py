@@ -85,6 +85,7 @@ class Trainer:
         self.progress = progress
         self.weights = LossWeights.from_config(cfg.loss)
         self.step = 0
+        self.dtype = torch.float32  # of the inputs and the loss terms; see to_dtype
         amp = cfg.optim.amp
         if amp != "none" and self.device.type != "cuda":
             raise ValueError(f"optim.amp={amp!r} runs on GPU only (autocast on the CPU is slower and bf16 there "
@@ -156,6 +157,18 @@ class Trainer:
         # the adversary is a discriminator of the code: it learns at D's rate, with its own state
         self.opt_a = torch.optim.Adam(self.adversary.parameters(), lr=o.lr_d, betas=betas)
 
+    def to_dtype(self, dtype: torch.dtype) -> "Trainer":
+        """Every module (trained and frozen), the 3DMM and the inputs in `dtype`. Training runs in
+        float32 (with autocast for AMP); tests use float64 as the exact reference of a step."""
+        for m in (self.generator, self.generator_ema, self.discriminator, self.adversary, self.identity_encoder,
+                  self.regressor):
+            if m is not None:
+                m.to(dtype)  # in place: the optimisers keep their parameters
+        if self.non_identity is not None:
+            self.non_identity.model = self.non_identity.model.to(dtype=dtype)
+        self.dtype = dtype
+        return self
+
     @property
     def modules(self) -> dict:
         return {"generator": self.generator, "generator_ema": self.generator_ema,
@@ -180,33 +193,39 @@ class Trainer:
         missing = [k for k in ("source", "target", "target_mask", "same") if k not in batch]
         if missing:
             raise ValueError(f"a training batch needs keys source, target, target_mask, same; missing {missing}")
-        dev = self.device
-        xs = batch["source"].to(dev, non_blocking=True).float()
-        xt = batch["target"].to(dev, non_blocking=True).float()
-        mt = batch["target_mask"].to(dev, non_blocking=True).float()
-        same = batch["same"].to(dev, non_blocking=True).float().reshape(-1)
+        dev, dt = self.device, self.dtype
+        xs = batch["source"].to(dev, dt, non_blocking=True)
+        xt = batch["target"].to(dev, dt, non_blocking=True)
+        mt = batch["target_mask"].to(dev, dt, non_blocking=True)
+        same = batch["same"].to(dev, dt, non_blocking=True).reshape(-1)
         return xs, xt, mt, same
 
     @torch.no_grad()
     def _frozen_features(self, xs, xt) -> dict:
         w = self.weights
         with self._autocast():
-            feats = {"z_id": self.identity_encoder(xs).float()}
+            feats = {"z_id": self.identity_encoder(xs).to(self.dtype)}
             if w.identity_removal > 0:
-                feats["target_emb"] = self.identity_encoder(xt).float()
+                feats["target_emb"] = self.identity_encoder(xt).to(self.dtype)
             if self.non_identity is not None:
-                feats["coeff_target"] = self.regressor(xt).float()
-                feats["coeff_source"] = self.regressor(xs).float()
+                feats["coeff_target"] = self.regressor(xt).to(self.dtype)
+                feats["coeff_source"] = self.regressor(xs).to(self.dtype)
         return feats
 
-    def generator_loss(self, batch: dict, generator: nn.Module | None = None):
+    def generator_loss(self, batch: dict, generator: nn.Module | None = None, frozen: dict | None = None):
         """Forward of the generator and every generator-side term (D and the adversary frozen,
-        used through their raw modules). Returns (total, terms, output, inputs)."""
+        used through their raw modules). Returns (total, terms, output, inputs).
+
+        frozen: the frozen encoders' outputs for this batch (z_id, target_emb, coeff_target,
+        coeff_source), computed here when None (tests pass one run's to another)."""
         from ..pipeline.masks import dilate_mask
 
         w = self.weights
         xs, xt, mt, same = self._inputs(batch)
-        frozen = self._frozen_features(xs, xt)
+        if frozen is None:
+            frozen = self._frozen_features(xs, xt)
+        else:
+            frozen = {k: v.to(self.device, self.dtype) for k, v in frozen.items()}
         z_id = frozen["z_id"]
         _requires_grad(self.discriminator, False)
         _requires_grad(self.adversary, False)
@@ -217,7 +236,7 @@ class Trainer:
                 out = (generator or self.g_train)(xt, mt, z_id)
                 y = out.result
                 if w.identity > 0:
-                    terms["identity"] = identity_loss(self.identity_encoder(y).float(), z_id)
+                    terms["identity"] = identity_loss(self.identity_encoder(y).to(self.dtype), z_id)
                 if w.reconstruction > 0:
                     terms["reconstruction"] = reconstruction_loss(y, xt, same)
                 if w.adversarial > 0 or w.feature_matching > 0:
@@ -228,20 +247,22 @@ class Trainer:
                         terms["feature_matching"] = feature_matching_loss(real, fake)
                 if w.identity_removal > 0:
                     terms["identity_removal_g"] = identity_removal_generator_loss(
-                        self.adversary(out.face_code).float(), frozen["target_emb"])
+                        self.adversary(out.face_code).to(self.dtype), frozen["target_emb"])
                 if w.mask > 0:
                     terms["mask"] = mask_loss(out.mask, dilate_mask(mt, int(self.cfg.loss.mask_dilate)))
-                coeff_y = self.regressor(y).float() if self.non_identity is not None else None
+                use_3dmm = self.non_identity is not None and any(v > 0 for v in w.non_identity().values())
+                coeff_y = self.regressor(y).to(self.dtype) if use_3dmm else None
             for name, value in terms.items():
                 total = total + getattr(w, "identity_removal" if name == "identity_removal_g" else name) * value
-            if self.non_identity is not None:
+            if use_3dmm:
                 with self._no_autocast():
                     extra = {}
                     if w.photometric > 0:
-                        extra = dict(result_image=F.interpolate(y.float(), size=REGRESSOR_SIZE, mode="bilinear",
+                        extra = dict(result_image=F.interpolate(y.to(self.dtype), size=REGRESSOR_SIZE, mode="bilinear",
                                                                 align_corners=False),
                                      face_mask=F.interpolate(mt, size=REGRESSOR_SIZE, mode="bilinear",
                                                              align_corners=False))
+                    self.non_identity.weights = w.non_identity()  # the weights in force (tests change them)
                     nonid = self.non_identity(coeff_y, frozen["coeff_target"], frozen["coeff_source"], **extra)
                 for name, value in nonid.items():
                     if name != "total":
@@ -285,7 +306,8 @@ class Trainer:
             terms["discriminator"] = loss_d
         if w.identity_removal > 0:
             with self._autocast():
-                loss_a = identity_removal_loss(self.a_train(out.face_code.detach()).float(), frozen["target_emb"])
+                loss_a = identity_removal_loss(self.a_train(out.face_code.detach()).to(self.dtype),
+                                               frozen["target_emb"])
             self.opt_a.zero_grad(set_to_none=True)
             self.scaler.scale(loss_a).backward()
             self.scaler.step(self.opt_a)
