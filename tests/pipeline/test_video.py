@@ -225,3 +225,15 @@ def test_swap_frames_generator(swapper, clip):
     assert any(not np.array_equal(o, f) for o, f in zip(outs, frames))
     with pytest.raises(ValueError, match="frame must be a uint8"):
         list(swapper.swap_frames([np.zeros((4, 4, 3), np.float32)]))
+
+
+def test_live_preview_window_and_quit_key(swapper, clip, monkeypatch):
+    """With a display: frames go to cv2.imshow; 'q' stops the stream (cv2's GUI faked here,
+    since this OpenCV is headless)."""
+    shown = []
+    monkeypatch.setattr(cv2, "imshow", lambda name, frame: shown.append(frame.shape))
+    monkeypatch.setattr(cv2, "waitKey", lambda ms: ord("q") if len(shown) >= 3 else -1)
+    monkeypatch.setattr(cv2, "destroyAllWindows", lambda: None)
+    stats = run_live(swapper, clip, output=None, display=True, progress=False)
+    assert shown[:3] == [(360, 640, 3)] * 3
+    assert 3 <= stats.frames <= 4 and len(shown) == stats.frames  # stops at the batch after 'q'

@@ -147,7 +147,7 @@ def _reader(source: VideoSource, q: queue.Queue, profile: StageProfile, stop: th
         _put(q, _END, stop)
 
 
-def _writer(sink: VideoSink, q: queue.Queue, profile: StageProfile, errors: list, on_frame) -> None:
+def _writer(sink: VideoSink, q: queue.Queue, profile: StageProfile, errors: list) -> None:
     try:
         while True:
             item = q.get()
@@ -155,8 +155,6 @@ def _writer(sink: VideoSink, q: queue.Queue, profile: StageProfile, errors: list
                 return
             with profile.stage("encode"):
                 sink.write(item)
-            if on_frame is not None:
-                on_frame(item)
     except BaseException as e:
         errors.append(e)
         while q.get() is not _END:  # keep draining so the worker never blocks
@@ -194,8 +192,8 @@ def run_pipeline(swapper, source: VideoSource, sink: VideoSink | None, *, progre
                  should_stop=None):
     """Swap every frame of ``source`` into ``sink`` with reader/worker/writer threads.
 
-    on_frame(frame) is called by the writer after each frame (live preview); should_stop() is
-    polled by the worker between batches. Returns SwapStats. On any error the sink is aborted.
+    on_frame(frame) is called in the calling thread after each frame is rendered (live preview);
+    should_stop() is polled between batches. Returns SwapStats. On any error the sink is aborted.
     """
     from tqdm import tqdm
 
@@ -219,9 +217,8 @@ def run_pipeline(swapper, source: VideoSource, sink: VideoSink | None, *, progre
     threads = [threading.Thread(target=_reader, args=(source, q_in, prof, stop, errors, max_frames), daemon=True),
                threading.Thread(target=_faces, args=(swapper, tracker, q_in, q_mid, prof, stop, errors), daemon=True)]
     writer = None
-    if sink is not None or on_frame is not None:  # preview only: a sink that discards
-        writer = threading.Thread(target=_writer, args=(sink or _NullSink(), q_out, prof, errors, on_frame),
-                                  daemon=True)
+    if sink is not None:
+        writer = threading.Thread(target=_writer, args=(sink, q_out, prof, errors), daemon=True)
     t0 = time.perf_counter()
     for t in threads:
         t.start()
@@ -247,6 +244,8 @@ def run_pipeline(swapper, source: VideoSource, sink: VideoSink | None, *, progre
                     stats.frames_without_face += int(not f)
                     if writer is not None:
                         _put(q_out, out, stop)
+                    if on_frame is not None:  # in this (the main) thread: GUI toolkits want that
+                        on_frame(out)
                 bar.update(len(frames))
                 elapsed = time.perf_counter() - t0
                 bar.set_postfix(fps=f"{stats.frames / elapsed:.1f}", refresh=False)
@@ -274,11 +273,6 @@ def run_pipeline(swapper, source: VideoSource, sink: VideoSink | None, *, progre
     if errors:
         raise errors[0]
     return stats
-
-
-class _NullSink:
-    def write(self, frame):
-        pass
 
 
 def swap_video(swapper, src: str, dst: str, progress: bool = True, max_frames: int = 0):
