@@ -237,3 +237,31 @@ def test_live_preview_window_and_quit_key(swapper, clip, monkeypatch):
     stats = run_live(swapper, clip, output=None, display=True, progress=False)
     assert shown[:3] == [(360, 640, 3)] * 3
     assert 3 <= stats.frames <= 4 and len(shown) == stats.frames  # stops at the batch after 'q'
+
+
+def test_detection_schedule_without_faces():
+    blank = np.full((120, 160, 3), 100, np.uint8)
+    det = shared_detector()
+    for when_empty, expected in ((False, 3), (True, 7)):
+        calls = {"n": 0}
+
+        class Counting:
+            landmarker = det.landmarker
+
+            def detect(self, img):
+                calls["n"] += 1
+                return det.detect(img)
+
+        tr = T.FaceTracker(Counting(), detect_every=3, detect_when_empty=when_empty)
+        for _ in range(7):
+            assert tr.update(blank) == []
+        assert calls["n"] == expected  # strict: frames 0, 3, 6; else every frame
+
+
+def test_track_dropped_when_the_face_leaves_the_frame(clip):
+    frames, _ = _frames(clip, 0, 2)
+    tr = T.FaceTracker(shared_detector(), detect_every=10, smoothing="none")
+    assert len(tr.update(frames[0])) == 1
+    shifted = np.zeros_like(frames[1])  # the next frame: the face is gone, and its box moved out
+    tr.tracks[0].raw68 = tr.tracks[0].raw68 + [frames[1].shape[1], 0]
+    assert tr.update(shifted) == []

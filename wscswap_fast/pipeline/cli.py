@@ -21,6 +21,9 @@ def _add_common(p: argparse.ArgumentParser) -> None:
                    help="dlib embedding distance under which a face matches --reference (default 0.6)")
     p.add_argument("--detect-every", type=int, default=1, metavar="K",
                    help="video: run the detector every K frames, track landmarks in between (default 1)")
+    p.add_argument("--detect-when-empty", action="store_true",
+                   help="video: with --detect-every K > 1, detect on every frame while no face is tracked "
+                        "(a face that appears is swapped at once, but face-less stretches cost a detection a frame)")
     p.add_argument("--smooth", default="ema", choices=("none", "ema", "one_euro"),
                    help="video: temporal smoothing of the landmarks (default ema)")
     p.add_argument("--smooth-alpha", type=float, default=0.6,
@@ -71,7 +74,7 @@ def _swapper(args, prog: str):
         raise SystemExit(f"wscswap {prog}: --batch must be >= 1, got {args.batch}")
     options = SwapOptions(faces=args.faces, threshold=args.threshold, detect_every=args.detect_every,
                           smoothing=args.smooth, smooth_alpha=args.smooth_alpha, detect_max_side=args.detect_size,
-                          detect_upsample=args.detect_upsample,
+                          detect_upsample=args.detect_upsample, detect_when_empty=args.detect_when_empty,
                           batch_frames=args.batch, label=args.label)
     try:
         swapper = Swapper(args.checkpoint, device=args.device, backend=args.backend,

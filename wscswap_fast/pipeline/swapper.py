@@ -30,6 +30,7 @@ class SwapOptions:
     faces: str = "all"  # all | largest | reference
     threshold: float = 0.6  # dlib embedding distance under which a face matches the reference
     detect_every: int = 1  # video: detect every k frames, track landmarks in between
+    detect_when_empty: bool = False  # video: detect every frame while no face is tracked
     smoothing: str = "ema"  # none | ema | one_euro (landmarks over time)
     smooth_alpha: float = 0.6  # ema: weight of the newest landmarks
     one_euro_min_cutoff: float = 1.0
@@ -297,7 +298,7 @@ class Swapper:
     def tracker(self, fps: float = 30.0) -> FaceTracker:
         o = self.options
         return FaceTracker(self.detector, o.detect_every, o.smoothing, o.smooth_alpha, fps,
-                           o.one_euro_min_cutoff, o.one_euro_beta)
+                           o.one_euro_min_cutoff, o.one_euro_beta, o.detect_when_empty)
 
     def find_faces(self, frame: np.ndarray, tracker: FaceTracker, profile: StageProfile) -> list[Face]:
         """One video frame's faces to swap: track (detect every k frames), then select."""

@@ -99,11 +99,15 @@ class FaceTracker:
     """Faces of consecutive frames: detection every ``detect_every`` frames, tracking between."""
 
     def __init__(self, detector: DlibDetector, detect_every: int = 1, smoothing: str = "ema",
-                 alpha: float = 0.6, fps: float = 30.0, min_cutoff: float = 1.0, beta: float = 0.05):
+                 alpha: float = 0.6, fps: float = 30.0, min_cutoff: float = 1.0, beta: float = 0.05,
+                 detect_when_empty: bool = False):
         if not isinstance(detect_every, int) or detect_every < 1:
             raise ValueError(f"detect_every must be an int >= 1, got {detect_every!r}")
         make_filter(smoothing, alpha, min_cutoff, beta)  # validates
         self.detector, self.detect_every = detector, detect_every
+        # False: a strict schedule (detection cost / k even in stretches without a face; a face
+        # that appears waits up to k-1 frames). True: detect every frame while nothing is tracked.
+        self.detect_when_empty = detect_when_empty
         self.smoothing, self.alpha, self.min_cutoff, self.beta = smoothing, alpha, min_cutoff, beta
         self.fps = fps if fps and fps > 0 else 30.0
         self.tracks: list[Track] = []
@@ -117,7 +121,7 @@ class FaceTracker:
         import cv2
 
         t = self.index / self.fps
-        detect_now = self.index % self.detect_every == 0 or not self.tracks
+        detect_now = self.index % self.detect_every == 0 or (self.detect_when_empty and not self.tracks)
         self.index += 1
         if detect_now:
             faces = _timed(profile, "detect", self.detector.detect, frame_bgr)
@@ -135,10 +139,18 @@ class FaceTracker:
         else:
             def refit():
                 rgb = cv2.cvtColor(frame_bgr, cv2.COLOR_BGR2RGB)
+                h, w = frame_bgr.shape[:2]
+                kept = []
                 for tr in self.tracks:
                     tr.box = box_from_landmarks(tr.raw68)
+                    # a face leaving the frame: stop tracking it once its box is mostly outside
+                    if iou(tr.box, (max(tr.box[0], 0), max(tr.box[1], 0), min(tr.box[2], w), min(tr.box[3], h))) < 0.5:
+                        continue
                     tr.raw68 = self.detector.landmarker.landmarks68(rgb, tr.box)
-            _timed(profile, "detect", refit)
+                    kept.append(tr)
+                self.tracks = kept
+            if self.tracks:
+                _timed(profile, "detect", refit)
         for tr in self.tracks:
             lm = tr.filter(tr.raw68, t)
             tr.extra["face"] = Face(tr.box, tr.score, five_from_68(lm), lm)
