@@ -17,7 +17,9 @@ def _train(args: argparse.Namespace) -> int:
         summary = train(cfg, resume=args.resume)
     except (ValueError, FileNotFoundError, TypeError) as e:
         raise SystemExit(f"wscswap train: {e}")
-    print(f"wscswap train: done, step {summary.get('step')}, out_dir {summary.get('out_dir')}")
+    if summary.get("rank", 0) == 0:  # under torchrun, rank 0 reports
+        print(f"wscswap train: done, step {summary['step']}, {summary['mean_images_per_s']:.2f} images/s, "
+              f"checkpoint {summary['checkpoint']}")
     return 0
 
 

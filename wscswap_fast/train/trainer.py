@@ -445,7 +445,7 @@ class Trainer:
             last_path = latest_checkpoint(out_dir)
             last_path = str(last_path) if last_path else None
         seconds = time.perf_counter() - start_time
-        return {"step": self.step, "out_dir": str(out_dir), "checkpoint": last_path, "losses": last,
+        return {"step": self.step, "rank": info.rank, "out_dir": str(out_dir), "checkpoint": last_path, "losses": last,
                 "images_per_s": images_per_s, "seconds": seconds,
                 "mean_images_per_s": images_per_step * (self.step - start_step) / max(seconds, 1e-9)}
 
