@@ -262,7 +262,7 @@ def test_constructor_errors(tmp_path):
         with pytest.raises(ValueError, match="needs a CUDA device"):
             S.Swapper(ck, device="cpu", dtype=torch.float16)
     for bad in (dict(faces="some"), dict(detect_every=0), dict(batch_frames=0), dict(smoothing="kalman"),
-                dict(smooth_alpha=0.0), dict(threshold=0.0), dict(align_mode="dlib")):
+                dict(smooth_alpha=0.0), dict(threshold=0.0), dict(align_mode="dlib"), dict(tracking="kalman")):
         with pytest.raises(ValueError, match=next(iter(bad))):
             S.SwapOptions(**bad).validate()
 

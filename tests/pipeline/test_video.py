@@ -169,7 +169,8 @@ def test_headless_opencv_has_no_display(monkeypatch):
     assert has_display() is False
 
 
-def test_tracking_between_detections(clip):
+@pytest.mark.parametrize("tracking", ["refit", "flow"])
+def test_tracking_between_detections(clip, tracking):
     frames, _ = _frames(clip, 0, 7)
     det = shared_detector()
     calls = {"n": 0}
@@ -181,13 +182,14 @@ def test_tracking_between_detections(clip):
             calls["n"] += 1
             return det.detect(img)
 
-    tr = T.FaceTracker(Counting(), detect_every=3, smoothing="none")
+    tr = T.FaceTracker(Counting(), detect_every=3, smoothing="none", tracking=tracking)
     for f in frames:
         tracks = tr.update(f)
         assert len(tracks) == 1
         tracked = tracks[0].extra["face"].landmarks68
         detected = det.detect(f)[0].landmarks68
-        assert np.median(np.linalg.norm(tracked - detected, axis=1)) < 3.0
+        # within a few pixels of a fresh detection on a ~100-pixel face (flow drifts a little more)
+        assert np.median(np.linalg.norm(tracked - detected, axis=1)) < (3.0 if tracking == "refit" else 4.5)
     assert calls["n"] == 3  # frames 0, 3, 6
 
 
@@ -212,6 +214,8 @@ def test_smoothing_filters():
         T.EmaFilter(1.5)
     with pytest.raises(ValueError, match="detect_every"):
         T.FaceTracker(shared_detector(), detect_every=0)
+    with pytest.raises(ValueError, match="tracking"):
+        T.FaceTracker(shared_detector(), tracking="kalman")
 
 
 def test_is_video_path():

@@ -24,6 +24,9 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--detect-when-empty", action="store_true",
                    help="video: with --detect-every K > 1, detect on every frame while no face is tracked "
                         "(a face that appears is swapped at once, but face-less stretches cost a detection a frame)")
+    p.add_argument("--tracking", default="refit", choices=("refit", "flow"),
+                   help="video, between detections: re-fit the 68 landmarks near the last ones, or move "
+                        "them with optical flow (default refit)")
     p.add_argument("--smooth", default="ema", choices=("none", "ema", "one_euro"),
                    help="video: temporal smoothing of the landmarks (default ema)")
     p.add_argument("--smooth-alpha", type=float, default=0.6,
@@ -75,6 +78,7 @@ def _swapper(args, prog: str):
     options = SwapOptions(faces=args.faces, threshold=args.threshold, detect_every=args.detect_every,
                           smoothing=args.smooth, smooth_alpha=args.smooth_alpha, detect_max_side=args.detect_size,
                           detect_upsample=args.detect_upsample, detect_when_empty=args.detect_when_empty,
+                          tracking=args.tracking,
                           batch_frames=args.batch, label=args.label)
     try:
         swapper = Swapper(args.checkpoint, device=args.device, backend=args.backend,

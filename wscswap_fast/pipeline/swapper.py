@@ -18,7 +18,7 @@ from .align import MODES, estimate_affine, transform_points, warp_face
 from .detect import DlibDetector, Face, check_image
 from .masks import hull_mask, hull_points
 from .profile import StageProfile
-from .tracking import SMOOTHING, FaceTracker
+from .tracking import SMOOTHING, TRACKING, FaceTracker
 
 FACE_MODES = ("all", "largest", "reference")
 
@@ -31,6 +31,7 @@ class SwapOptions:
     threshold: float = 0.6  # dlib embedding distance under which a face matches the reference
     detect_every: int = 1  # video: detect every k frames, track landmarks in between
     detect_when_empty: bool = False  # video: detect every frame while no face is tracked
+    tracking: str = "refit"  # video, between detections: "refit" 68 landmarks or optical "flow"
     smoothing: str = "ema"  # none | ema | one_euro (landmarks over time)
     smooth_alpha: float = 0.6  # ema: weight of the newest landmarks
     one_euro_min_cutoff: float = 1.0
@@ -58,6 +59,8 @@ class SwapOptions:
             raise ValueError(f"smoothing must be one of {SMOOTHING}, got {self.smoothing!r}")
         if not 0 < self.smooth_alpha <= 1:
             raise ValueError(f"smooth_alpha must be in (0, 1], got {self.smooth_alpha}")
+        if self.tracking not in TRACKING:
+            raise ValueError(f"tracking must be one of {TRACKING}, got {self.tracking!r}")
         if self.align_mode not in MODES:
             raise ValueError(f"align_mode must be one of {MODES}, got {self.align_mode!r}")
         return self
@@ -298,7 +301,7 @@ class Swapper:
     def tracker(self, fps: float = 30.0) -> FaceTracker:
         o = self.options
         return FaceTracker(self.detector, o.detect_every, o.smoothing, o.smooth_alpha, fps,
-                           o.one_euro_min_cutoff, o.one_euro_beta, o.detect_when_empty)
+                           o.one_euro_min_cutoff, o.one_euro_beta, o.detect_when_empty, o.tracking)
 
     def find_faces(self, frame: np.ndarray, tracker: FaceTracker, profile: StageProfile) -> list[Face]:
         """One video frame's faces to swap: track (detect every k frames), then select."""

@@ -1,9 +1,11 @@
 """Faces across video frames: detection every k frames, landmark tracking in between, and
 temporal smoothing of the landmarks (EMA or the One-Euro filter).
 
-Tracking re-fits dlib's 68 landmarks in a box derived from the face's previous landmarks
-(:func:`detect.box_from_landmarks`): the shape predictor costs about 2 ms a face against 30-100
-ms for a HOG detection of a 640-pixel frame. On detection frames each new face continues the
+Tracking ("refit", the default) re-fits dlib's 68 landmarks in a box derived from the face's
+previous landmarks (:func:`detect.box_from_landmarks`): the shape predictor costs about 2 ms a
+face against 30-100 ms for a HOG detection of a 640-pixel frame. "flow" moves the previous
+landmarks with pyramidal Lucas-Kanade optical flow instead (points that fail follow the median
+motion; a face whose points mostly fail is dropped). On detection frames each new face continues the
 track whose box it overlaps most (IoU > 0.3), so its filter state and its reference-face
 decision carry over; unmatched tracks end.
 """
@@ -17,6 +19,7 @@ import numpy as np
 from .detect import DlibDetector, Face, box_from_landmarks, five_from_68
 
 SMOOTHING = ("none", "ema", "one_euro")
+TRACKING = ("refit", "flow")
 
 
 class EmaFilter:
@@ -100,7 +103,7 @@ class FaceTracker:
 
     def __init__(self, detector: DlibDetector, detect_every: int = 1, smoothing: str = "ema",
                  alpha: float = 0.6, fps: float = 30.0, min_cutoff: float = 1.0, beta: float = 0.05,
-                 detect_when_empty: bool = False):
+                 detect_when_empty: bool = False, tracking: str = "refit"):
         if not isinstance(detect_every, int) or detect_every < 1:
             raise ValueError(f"detect_every must be an int >= 1, got {detect_every!r}")
         make_filter(smoothing, alpha, min_cutoff, beta)  # validates
@@ -108,6 +111,10 @@ class FaceTracker:
         # False: a strict schedule (detection cost / k even in stretches without a face; a face
         # that appears waits up to k-1 frames). True: detect every frame while nothing is tracked.
         self.detect_when_empty = detect_when_empty
+        if tracking not in TRACKING:
+            raise ValueError(f"tracking must be one of {TRACKING}, got {tracking!r}")
+        self.tracking = tracking
+        self._prev_gray = None
         self.smoothing, self.alpha, self.min_cutoff, self.beta = smoothing, alpha, min_cutoff, beta
         self.fps = fps if fps and fps > 0 else 30.0
         self.tracks: list[Track] = []
@@ -121,6 +128,7 @@ class FaceTracker:
         import cv2
 
         t = self.index / self.fps
+        gray = cv2.cvtColor(frame_bgr, cv2.COLOR_BGR2GRAY) if self.tracking == "flow" else None
         detect_now = self.index % self.detect_every == 0 or (self.detect_when_empty and not self.tracks)
         self.index += 1
         if detect_now:
@@ -149,8 +157,26 @@ class FaceTracker:
                     tr.raw68 = self.detector.landmarker.landmarks68(rgb, tr.box)
                     kept.append(tr)
                 self.tracks = kept
+
+            def flow():
+                kept = []
+                for tr in self.tracks:
+                    pts = tr.raw68.astype(np.float32).reshape(-1, 1, 2)
+                    new, status, _ = cv2.calcOpticalFlowPyrLK(self._prev_gray, gray, pts, None,
+                                                              winSize=(21, 21), maxLevel=3)
+                    ok = status.reshape(-1).astype(bool)
+                    if ok.mean() < 0.5:
+                        continue
+                    moved = new.reshape(-1, 2).astype(np.float64)
+                    shift = np.median(moved[ok] - tr.raw68[ok], axis=0)
+                    tr.raw68 = np.where(ok[:, None], moved, tr.raw68 + shift)
+                    tr.box = box_from_landmarks(tr.raw68)
+                    kept.append(tr)
+                self.tracks = kept
+
             if self.tracks:
-                _timed(profile, "detect", refit)
+                _timed(profile, "detect", flow if self.tracking == "flow" else refit)
+        self._prev_gray = gray
         for tr in self.tracks:
             lm = tr.filter(tr.raw68, t)
             tr.extra["face"] = Face(tr.box, tr.score, five_from_68(lm), lm)
