@@ -121,19 +121,15 @@ def _conv(cin: int, cout: int, stride: int = 1, bias: bool = True) -> nn.Conv2d:
 
 
 class _AIN(AIN):
-    """AIN whose modulations and mask projection follow h's dtype, so it runs under autocast
-    (convs/linears give bf16 while the mask projection's parameters stay fp32)."""
+    """AIN that also runs the op's plain-PyTorch definition inline for the 'plain' backend."""
 
     def forward(self, h, z_id, att, *, return_mask: bool = False, backend: str = "auto"):
+        if backend != PLAIN:
+            return super().forward(h, z_id, att, return_mask=return_mask, backend=backend)
         if att.shape[-2:] != h.shape[-2:]:
             raise ValueError(f"att must have h's spatial size {tuple(h.shape[-2:])}, got {tuple(att.shape)}")
-        dt = h.dtype
-        args = (h, self.id_gamma(z_id).to(dt), self.id_beta(z_id).to(dt), self.att_gamma(att).to(dt),
-                self.att_beta(att).to(dt), self.mask.weight.reshape(-1).to(dt), self.mask.bias.to(dt))
-        if backend == PLAIN:
-            out, m = ain_reference(*args, eps=self.eps)
-            return (out, m) if return_mask else out
-        return ops.ain(*args, eps=self.eps, return_mask=return_mask, backend=backend)
+        out, m = ain_reference(*self.op_inputs(h, z_id, att), eps=self.eps)
+        return (out, m) if return_mask else out
 
 
 class FaceEncoder(nn.Module):

@@ -32,6 +32,11 @@ class AIN(nn.Module):
                 backend: str = "auto"):
         if att.shape[-2:] != h.shape[-2:]:
             raise ValueError(f"att must have h's spatial size {tuple(h.shape[-2:])}, got {tuple(att.shape)}")
-        return ain(h, self.id_gamma(z_id), self.id_beta(z_id), self.att_gamma(att), self.att_beta(att),
-                   self.mask.weight.reshape(-1), self.mask.bias, eps=self.eps, return_mask=return_mask,
-                   backend=backend)
+        return ain(*self.op_inputs(h, z_id, att), eps=self.eps, return_mask=return_mask, backend=backend)
+
+    def op_inputs(self, h: torch.Tensor, z_id: torch.Tensor, att: torch.Tensor) -> tuple:
+        """The seven tensors the op takes, in h's dtype: under autocast the projections give
+        bf16/fp16 while the mask projection's parameters stay fp32, and the op wants one dtype."""
+        dt = h.dtype
+        return (h, self.id_gamma(z_id).to(dt), self.id_beta(z_id).to(dt), self.att_gamma(att).to(dt),
+                self.att_beta(att).to(dt), self.mask.weight.reshape(-1).to(dt), self.mask.bias.to(dt))
