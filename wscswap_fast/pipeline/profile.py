@@ -15,6 +15,10 @@ STAGES = ("decode", "detect", "align", "model", "paste", "encode")
 class StageProfile:
     """Accumulates seconds and call counts per stage (thread-safe)."""
 
+    # only the worker's stages run GPU work: syncing in the reader/detection threads would make
+    # them wait for the model and undo the overlap
+    GPU_STAGES = ("align", "model", "paste")
+
     def __init__(self, sync=None):
         self.seconds = {s: 0.0 for s in STAGES}
         self.calls = {s: 0 for s in STAGES}
@@ -32,14 +36,15 @@ class StageProfile:
 
     @contextmanager
     def stage(self, name: str):
-        if self._sync is not None:
-            self._sync()
+        sync = self._sync if name in self.GPU_STAGES else None
+        if sync is not None:
+            sync()
         t0 = time.perf_counter()
         try:
             yield
         finally:
-            if self._sync is not None:
-                self._sync()
+            if sync is not None:
+                sync()
             self.add(name, time.perf_counter() - t0)
 
     def rows(self) -> list[dict]:

@@ -206,7 +206,7 @@ def run_pipeline(swapper, source: VideoSource, sink: VideoSink | None, *, progre
     if swapper.device.type == "cuda":
         import torch
 
-        prof._sync = torch.cuda.synchronize
+        prof._sync = lambda: torch.cuda.synchronize(swapper.device)
     q_in, q_mid, q_out = (queue.Queue(o.queue_size) for _ in range(3))
     stop, errors = threading.Event(), []
     tracker = swapper.tracker(source.fps)
