@@ -269,3 +269,23 @@ def test_track_dropped_when_the_face_leaves_the_frame(clip):
     shifted = np.zeros_like(frames[1])  # the next frame: the face is gone, and its box moved out
     tr.tracks[0].raw68 = tr.tracks[0].raw68 + [frames[1].shape[1], 0]
     assert tr.update(shifted) == []
+
+
+def test_stage_profile_table_and_gpu_sync():
+    from wscswap_fast.pipeline.profile import STAGES, StageProfile
+
+    synced = []
+    p = StageProfile(sync=lambda: synced.append(1))
+    with p.stage("detect"):
+        pass
+    with p.stage("model"):
+        pass
+    assert len(synced) == 2  # before and after the model stage only
+    p.add("decode", 0.5, calls=10)
+    p.frames, p.wall = 10, 1.0
+    table = p.table()
+    assert all(s in table for s in STAGES) and "10 frames in 1.00 s wall: 10.00 fps" in table
+    rows = {r["stage"]: r for r in p.rows()}
+    assert rows["decode"]["ms_per_frame"] == pytest.approx(50.0) and rows["decode"]["calls"] == 10
+    with pytest.raises(ValueError, match="stage must be one of"):
+        p.add("upload", 1.0)
