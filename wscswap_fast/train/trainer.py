@@ -283,13 +283,14 @@ class Trainer:
         for b_ema, b in zip(self.generator_ema.buffers(), self.generator.buffers()):
             b_ema.copy_(b)
 
-    def train_step(self, batch: dict) -> dict:
-        """One G step, one D step and one adversary step; returns the terms as detached tensors."""
+    def train_step(self, batch: dict, frozen: dict | None = None) -> dict:
+        """One G step, one D step and one adversary step; returns the terms as detached tensors.
+        frozen: see :meth:`generator_loss` (the benchmark passes cached encoder outputs)."""
         w = self.weights
         self.generator.train()
         self.discriminator.train()
         self.adversary.train()
-        loss_g, terms, out, (xs, xt, mt, same, frozen) = self.generator_loss(batch)
+        loss_g, terms, out, (xs, xt, mt, same, frozen) = self.generator_loss(batch, frozen=frozen)
         self.opt_g.zero_grad(set_to_none=True)
         self.scaler.scale(loss_g).backward()
         self.scaler.step(self.opt_g)
