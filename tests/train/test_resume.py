@@ -101,3 +101,23 @@ def test_resume_without_checkpoint_starts_at_zero(tmp_path, capsys):
     out = _run(img_dir, mask_dir, str(tmp_path / "fresh"), 1, resume=True)
     assert out["step"] == 1 and out["checkpoint"].endswith("step_00000001")
     assert "no checkpoint" in capsys.readouterr().err
+
+
+def test_loss_plot_and_summary_from_the_log(runs, tmp_path):
+    import cv2
+
+    from wscswap_fast.train.plot import main as plot_main
+    from wscswap_fast.train.plot import read_log
+
+    root, *_ = runs
+    png, summary = tmp_path / "docs" / "losses.png", tmp_path / "docs" / "summary.json"
+    assert plot_main([str(root / "straight"), "--out", str(png), "--summary", str(summary), "--title", "t",
+                      "--command", "wscswap train ..."]) == 0
+    image = cv2.imread(str(png))
+    assert image is not None and image.shape[0] > 300 and image.shape[1] > 1000
+    s = json.load(open(summary))
+    assert s["steps"] == 4 and s["command"] == "wscswap train ..."
+    assert {"identity", "reconstruction", "discriminator", "3dmm_landmark"} <= set(s["losses"])
+    assert s["losses"]["identity"]["start"] == read_log(root / "straight")[0]["identity"]
+    with pytest.raises(FileNotFoundError, match="training log not found"):
+        read_log(tmp_path / "nothing")
