@@ -37,6 +37,10 @@ def test_tiny_run_then_resume(tmp_path, capsys):
     captured = capsys.readouterr()
     assert "resumed from" in captured.err and "done, step 2" in captured.out
     assert [json.loads(line)["step"] for line in open(out_dir / "log.jsonl")] == [1, 2]
+    # --resume with only the run folder: its saved config is the base
+    assert main(["train", "--resume", f"run.out_dir={out_dir}", "run.steps=3"]) == 0
+    assert "done, step 3" in capsys.readouterr().out
+    assert json.load(open(out_dir / "config.json"))["loss"]["identity"] == 2.5
 
 
 @pytest.mark.parametrize("args, message", [

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -11,6 +12,11 @@ def _train(args: argparse.Namespace) -> int:
 
     try:
         cfg = load_config(args.config, list(args.overrides))
+        if args.resume and args.config is None:
+            # resuming without --config: the run's own saved config, with the overrides on top
+            saved = Path(cfg.run.out_dir) / "config.json"
+            if saved.is_file():
+                cfg = load_config(saved, list(args.overrides))
     except (ValueError, TypeError, FileNotFoundError) as e:
         raise SystemExit(f"wscswap train: {e}")
     try:
@@ -32,7 +38,9 @@ def register(subparsers) -> None:
                     "Under torchrun every process runs this command; rank 0 writes.")
     p.add_argument("--config", default=None, help="YAML or JSON training config (default: built-in defaults)")
     p.add_argument("--resume", action="store_true",
-                   help="continue from the latest checkpoint in run.out_dir (exact: step, optimisers, EMA, RNG, data)")
+                   help="continue from the latest checkpoint in run.out_dir (exact: step, optimisers, EMA, RNG, "
+                        "data); without --config the run's saved config.json is the base, e.g. "
+                        "`wscswap train --resume run.out_dir=runs/x run.steps=2000`")
     p.add_argument("overrides", nargs="*", metavar="section.key=value",
                    help="config overrides, e.g. data.root=/faces run.steps=500 data.resolution=128")
     p.set_defaults(func=_train)

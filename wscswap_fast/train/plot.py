@@ -6,7 +6,7 @@ plus a small JSON summary (steps, time, images/s, each loss at the start and the
         --summary docs/train_128_summary.json --title "wscswap train 128^2"
 
 Each panel shows one loss (or a group sharing a scale): the logged values faint, an
-exponential moving average over them bold. Panels whose values span more than a factor 30 use
+exponential moving average over them bold (of log10 of the values on a log scale). Panels whose values span more than a factor 30 use
 a log scale.
 """
 from __future__ import annotations
@@ -113,7 +113,9 @@ def _panel(title: str, series: list[tuple[str, np.ndarray, np.ndarray]], steps_m
         faint = tuple(int(c + 0.7 * (255 - c)) for c in colour)
         ok = vals > 0 if log else np.ones_like(vals, bool)
         cv2.polylines(img, [to_px(steps[ok], vals[ok])], False, faint, 1, cv2.LINE_AA)
-        smooth = ema(vals[ok], alpha=min(1.0, 10.0 / max(len(vals), 1)))
+        # smoothed where it is drawn: in log10 on a log scale, so early large values do not dominate
+        alpha = max(0.05, min(0.5, 20.0 / max(len(vals), 1)))
+        smooth = 10 ** ema(np.log10(vals[ok]), alpha) if log else ema(vals[ok], alpha)
         cv2.polylines(img, [to_px(steps[ok], smooth)], False, colour, 2, cv2.LINE_AA)
         if len(series) > 1:
             cv2.putText(img, label, (x1 - 110, y0 + 16 + 15 * k), cv2.FONT_HERSHEY_SIMPLEX, 0.4, colour, 1,
