@@ -385,7 +385,11 @@ class Trainer:
             from torch.utils.tensorboard import SummaryWriter
 
             writer = SummaryWriter(str(out_dir / "tensorboard"), purge_step=self.step + 1 if self.step else None)
-        dataset = face_folder_from_config(cfg, progress=info.is_main and self.progress)
+        # rank 0 computes (and caches) the hull masks first; the others then read its cache
+        dataset = face_folder_from_config(cfg, progress=self.progress) if info.is_main else None
+        barrier(info)
+        if dataset is None:
+            dataset = face_folder_from_config(cfg, progress=False)
         # batches depend on (seed, step) only: a resumed run gets the batches it would have had
         loader = make_loader(dataset, cfg.data.batch_size, cfg.data.workers, cfg.run.seed, info.rank,
                              info.world_size, start_step=self.step, steps=max(cfg.run.steps, self.step),
