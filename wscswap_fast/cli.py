@@ -59,6 +59,10 @@ def bench(args) -> int:
     print("\nvs eager: against the plain-PyTorch eager version of each op (for paste_faces, the OpenCV "
           "pipeline face-swap tools run); vs compile: torch.compile of that eager version. GB/s on each op's "
           "minimal byte count, stated in its module in wscswap_fast/benchmarks/.")
+    for name in wanted:  # suites whose columns mean something else say so
+        legend = getattr(suites[name], "LEGEND", None)
+        if legend:
+            print(legend)
     if args.csv:
         write_csv(args.csv, rows, machine)
     if args.markdown:

@@ -15,6 +15,8 @@ from .. import ops
 from ..models.generator import Generator, GeneratorConfig
 from .harness import Row, finish_rows, time_interleaved
 
+LEGEND = "generator: vs eager = the model on the reference backend; faces/s in the note column"
+
 CASES = {"full": [(128, 8, 1.0), (256, 8, 1.0)], "quick": [(64, 2, 0.125)]}  # resolution, batch, width
 
 

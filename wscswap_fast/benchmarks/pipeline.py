@@ -22,6 +22,8 @@ import torch
 
 from .harness import Row
 
+LEGEND = "pipeline: ms per frame of the whole swap (wall) and each stage's busy time per frame (stages overlap in threads)"
+
 SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "data")
 CLIP = os.path.normpath(os.path.join(SHARED, "video", "short_hamilton_clip.mp4"))
 SOURCE = os.path.normpath(os.path.join(SHARED, "faces", "photos", "obama.jpg"))

@@ -38,6 +38,9 @@ import torch
 from .. import ops
 from .harness import Row, finish_rows, sync, time_interleaved
 
+LEGEND = ("train_step: vs eager = the reference backend; vs compile = that step with G and D compiled; "
+          "note = images/s, peak memory, and the G+D step's share of the full step")
+
 SETTINGS = {
     "full": dict(resolution=256, batch=4, width=1.0, identity_arch="iresnet50", regressor_arch="resnet50",
                  d_channels=64),
