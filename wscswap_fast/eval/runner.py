@@ -20,11 +20,11 @@ import json
 import math
 import os
 import sys
-import tempfile
 import time
 
 import numpy as np
 
+from ..atomic import atomic_write_bytes
 from . import metrics
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -139,19 +139,6 @@ def build_grid(sources: list[_Input], targets: list[_Input], cells: dict) -> np.
         for j in range(1, cols):
             grid[i * THUMB:(i + 1) * THUMB, j * THUMB:(j + 1) * THUMB] = cells[(i - 1, j - 1)]
     return grid
-
-
-def _atomic_write(path: str, data: bytes) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.basename(path), dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _json_safe(x):
@@ -434,16 +421,16 @@ def evaluate(opts: EvalOptions) -> dict:
             m["morphable_note"] = morphable_note
     report["seconds"] = time.time() - start
 
-    _atomic_write(os.path.join(opts.out, "report.json"),
+    atomic_write_bytes(os.path.join(opts.out, "report.json"),
                   json.dumps(_json_safe(report), indent=2, allow_nan=False).encode())
-    _atomic_write(os.path.join(opts.out, "report.md"), markdown_report(report).encode())
+    atomic_write_bytes(os.path.join(opts.out, "report.md"), markdown_report(report).encode())
     if pairs:
         ok, png = cv2.imencode(".png", build_grid(sources, targets, results))
     else:
         ok, png = cv2.imencode(".png", np.full((THUMB, THUMB, 3), 255, np.uint8))
     if not ok:
         raise RuntimeError("OpenCV could not encode grid.png")
-    _atomic_write(os.path.join(opts.out, "grid.png"), png.tobytes())
+    atomic_write_bytes(os.path.join(opts.out, "grid.png"), png.tobytes())
     for what, info in (("sources", src_info), ("targets", tgt_info)):
         print(f"{what}: {info['images']} images, {info['used']} used, skipped {info['skipped_unreadable']} "
               f"unreadable and {info['skipped_no_face']} without a face"

@@ -11,11 +11,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tempfile
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Optional
+from ..atomic import atomic_write_text
 
 RESOLUTIONS = (128, 256, 512)
 AMP_MODES = ("none", "bf16", "fp16")
@@ -333,15 +333,5 @@ def save_config(cfg: TrainConfig, path: str | os.PathLike) -> str:
     else:
         text = json.dumps(cfg.to_dict(), indent=2) + "\n"
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write_text(path, text)
     return str(path)

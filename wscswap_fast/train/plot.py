@@ -15,10 +15,10 @@ import argparse
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
+from ..atomic import atomic_write_bytes
 
 # (panel title, [(key, label)], log scale allowed)
 PANELS = [
@@ -152,7 +152,7 @@ def plot_losses(records: list[dict], out_png: str | os.PathLike, title: str = ""
     ok, data = cv2.imencode(".png", image)
     if not ok:
         raise ValueError(f"could not encode {out_png}")
-    _atomic_write(out_png, data.tobytes())
+    atomic_write_bytes(out_png, data.tobytes())
     return str(out_png)
 
 
@@ -172,18 +172,6 @@ def summarise(records: list[dict], window: float = 0.1) -> dict:
             "window_records": n, "images_per_s_mean": float(np.mean(speeds)) if speeds else None, "losses": losses}
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m wscswap_fast.train.plot", description=__doc__.split("\n\n")[0])
     p.add_argument("run", help="a run's out_dir (or its log.jsonl)")
@@ -199,7 +187,7 @@ def main(argv=None) -> int:
         if args.command:
             summary["command"] = args.command
         Path(args.summary).parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write(Path(args.summary), (json.dumps(summary, indent=2) + "\n").encode())
+        atomic_write_bytes(Path(args.summary), (json.dumps(summary, indent=2) + "\n").encode())
     print(f"wrote {args.out}" + (f" and {args.summary}" if args.summary else ""))
     return 0
 

@@ -29,9 +29,7 @@ import contextlib
 import copy
 import json
 import math
-import os
 import sys
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -40,10 +38,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..atomic import atomic_write_text
 from ..losses import (LossWeights, NonIdentityLoss, feature_matching_loss, hinge_discriminator_loss,
                       hinge_generator_loss, identity_loss, identity_removal_generator_loss, identity_removal_loss,
                       mask_loss, reconstruction_loss)
-from .distributed import DistInfo, barrier, init_distributed, mean_over_ranks, shutdown, unwrap, wrap_ddp
+from .distributed import DistInfo, barrier, init_distributed, mean_over_ranks, shutdown, wrap_ddp
 
 MODULE_NAMES = ("generator", "generator_ema", "discriminator", "adversary")
 OPTIMIZER_NAMES = ("generator", "discriminator", "adversary")
@@ -477,10 +476,7 @@ def _truncate_log(path: Path, step: int) -> None:
                     keep.append(line)
             except json.JSONDecodeError:
                 continue
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write("".join(line + "\n" for line in keep))
-    os.replace(tmp, path)
+    atomic_write_text(path, "".join(line + "\n" for line in keep))
 
 
 def train(cfg, *, resume: bool = False, progress: bool = True) -> dict:
