@@ -33,6 +33,7 @@ number of workers, nor on where a run was resumed.
 """
 from __future__ import annotations
 
+import multiprocessing
 import hashlib
 import os
 import warnings
@@ -435,6 +436,9 @@ class StepBatchSampler(Sampler):
         return self.steps - self.start_step
 
 
+_WORKER_START = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+
+
 def _worker_init(_worker_id: int) -> None:
     import cv2
 
@@ -451,5 +455,9 @@ def make_loader(dataset: Dataset, batch_size: int, workers: int, seed: int, rank
     if not isinstance(workers, int) or isinstance(workers, bool) or workers < 0:
         raise ValueError(f"workers must be an int >= 0, got {workers!r}")
     sampler = StepBatchSampler(len(dataset), batch_size, seed, rank, world_size, start_step, steps)
+    # Workers start from a fresh interpreter (forkserver), not a fork of this process: a fork
+    # copies OpenCV's and OpenMP's thread pools with their locks possibly held by threads that
+    # do not exist in the child, and the worker's first cv2 call can then wait forever.
     return DataLoader(dataset, batch_sampler=sampler, num_workers=workers, pin_memory=pin_memory,
-                      worker_init_fn=_worker_init if workers > 0 else None, persistent_workers=workers > 0)
+                      worker_init_fn=_worker_init if workers > 0 else None, persistent_workers=workers > 0,
+                      multiprocessing_context=_WORKER_START if workers > 0 else None)
