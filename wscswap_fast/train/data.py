@@ -33,8 +33,8 @@ number of workers, nor on where a run was resumed.
 """
 from __future__ import annotations
 
-import multiprocessing
 import hashlib
+import multiprocessing
 import os
 import warnings
 from pathlib import Path
