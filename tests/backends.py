@@ -34,3 +34,25 @@ def require(backend: str) -> torch.device:
     return device_for(backend)
 
 
+
+
+def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    """|a - b| / |b| over the whole tensor, in float64."""
+    a, b = a.detach().double(), b.detach().double()
+    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
+
+
+def assert_gradients_close(g_fast: dict, g_ref: dict, g_64: dict, min_strict: float) -> None:
+    """Fused gradients against the fp32 reference: within 1e-4 where the reference itself is within
+    1e-5 of float64 (well conditioned), else within 10x the reference's own rounding; at least
+    min_strict of the gradients must be well conditioned."""
+    strict = 0
+    for name, grad in g_ref.items():
+        assert grad is not None and g_fast[name] is not None, f"{name} got no gradient"
+        rounding = relative_error(grad, g_64[name])
+        if rounding <= 1e-5:
+            strict += 1
+            assert relative_error(g_fast[name], grad) <= 1e-4, name
+        else:
+            assert relative_error(g_fast[name], grad) <= max(1e-4, 10 * rounding), (name, rounding)
+    assert strict >= min_strict * len(g_ref), f"only {strict}/{len(g_ref)} gradients are well conditioned"

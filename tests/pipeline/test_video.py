@@ -169,11 +169,9 @@ def test_headless_opencv_has_no_display(monkeypatch):
     assert has_display() is False
 
 
-@pytest.mark.parametrize("tracking", ["refit", "flow"])
-def test_tracking_between_detections(clip, tracking):
-    frames, _ = _frames(clip, 0, 7)
+def _counting_detector(calls: dict):
+    """The shared dlib detector, counting its detect() calls in calls["n"]."""
     det = shared_detector()
-    calls = {"n": 0}
 
     class Counting:
         landmarker = det.landmarker
@@ -182,12 +180,19 @@ def test_tracking_between_detections(clip, tracking):
             calls["n"] += 1
             return det.detect(img)
 
-    tr = T.FaceTracker(Counting(), detect_every=3, smoothing="none", tracking=tracking)
+    return Counting()
+
+
+@pytest.mark.parametrize("tracking", ["refit", "flow"])
+def test_tracking_between_detections(clip, tracking):
+    frames, _ = _frames(clip, 0, 7)
+    calls = {"n": 0}
+    tr = T.FaceTracker(_counting_detector(calls), detect_every=3, smoothing="none", tracking=tracking)
     for f in frames:
         tracks = tr.update(f)
         assert len(tracks) == 1
         tracked = tracks[0].extra["face"].landmarks68
-        detected = det.detect(f)[0].landmarks68
+        detected = shared_detector().detect(f)[0].landmarks68
         # within a few pixels of a fresh detection on a ~100-pixel face (flow drifts a little more)
         assert np.median(np.linalg.norm(tracked - detected, axis=1)) < (3.0 if tracking == "refit" else 4.5)
     assert calls["n"] == 3  # frames 0, 3, 6
@@ -245,18 +250,9 @@ def test_live_preview_window_and_quit_key(swapper, clip, monkeypatch):
 
 def test_detection_schedule_without_faces():
     blank = np.full((120, 160, 3), 100, np.uint8)
-    det = shared_detector()
     for when_empty, expected in ((False, 3), (True, 7)):
         calls = {"n": 0}
-
-        class Counting:
-            landmarker = det.landmarker
-
-            def detect(self, img):
-                calls["n"] += 1
-                return det.detect(img)
-
-        tr = T.FaceTracker(Counting(), detect_every=3, detect_when_empty=when_empty)
+        tr = T.FaceTracker(_counting_detector(calls), detect_every=3, detect_when_empty=when_empty)
         for _ in range(7):
             assert tr.update(blank) == []
         assert calls["n"] == expected  # strict: frames 0, 3, 6; else every frame

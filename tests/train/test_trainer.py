@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.backends import require
+from tests.backends import assert_gradients_close, relative_error, require
 from wscswap_fast import ops
 from wscswap_fast.train.config import load_config
 from wscswap_fast.train.distributed import DistInfo
@@ -110,11 +110,6 @@ def test_one_training_step_per_backend(tmp_path, backend):
         torch.testing.assert_close(q, decay * before[n] + (1 - decay) * p.detach(), rtol=1e-5, atol=1e-7)
 
 
-def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.detach().double(), b.detach().double()
-    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
-
-
 def _loss_and_grads(trainer: Trainer, batch: dict, frozen=None):
     trainer.generator.zero_grad(set_to_none=True)
     total, terms, out, _ = trainer.generator_loss(batch, frozen=frozen)
@@ -130,20 +125,12 @@ def _check_against_reference(fast, ref, exact, data, frozen, min_strict):
     t_fast, o_fast, g_fast = _loss_and_grads(fast, data, frozen)
     _, _, g_64 = _loss_and_grads(exact, data, frozen)
     for name in o_ref._fields:
-        assert _rel(getattr(o_fast, name), getattr(o_ref, name)) <= 1e-4, name
+        assert relative_error(getattr(o_fast, name), getattr(o_ref, name)) <= 1e-4, name
     assert set(t_fast) == set(t_ref)
     for name, value in t_ref.items():
         if value.abs() > 1e-6:  # a term that is 0 (no same-identity pair) has no relative error
-            assert _rel(t_fast[name], value) <= 1e-4, (name, t_fast[name].item(), value.item())
-    strict = 0
-    for name, grad in g_ref.items():
-        rounding = _rel(grad, g_64[name])
-        if rounding <= 1e-5:
-            strict += 1
-            assert _rel(g_fast[name], grad) <= 1e-4, name
-        else:
-            assert _rel(g_fast[name], grad) <= max(1e-4, 10 * rounding), (name, rounding)
-    assert strict >= min_strict * len(g_ref), f"only {strict}/{len(g_ref)} gradients are well conditioned"
+            assert relative_error(t_fast[name], value) <= 1e-4, (name, t_fast[name].item(), value.item())
+    assert_gradients_close(g_fast, g_ref, g_64, min_strict)
     return t_ref
 
 
