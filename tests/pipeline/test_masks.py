@@ -128,9 +128,10 @@ def dilate_reference(mask, p):
     return out
 
 
-@pytest.mark.parametrize("p", [1, 2, 5])
+@pytest.mark.parametrize("p", [1, 2, 3, 5, 8, 13])
 def test_dilate_mask_matches_reference(p):
     mask = torch.rand(2, 1, 23, 17, dtype=torch.float64)
+    torch.testing.assert_close(dilate_mask(mask, p), torch.nn.functional.max_pool2d(mask, 2 * p + 1, 1, p), rtol=0, atol=0)
     torch.testing.assert_close(dilate_mask(mask, p), dilate_reference(mask, p), rtol=0, atol=0)
     torch.testing.assert_close(erode_mask(mask, p), -dilate_reference(-mask, p), rtol=0, atol=0)
 

@@ -191,6 +191,26 @@ def test_fused_backend_matches_reference_over_the_whole_loss(tmp_path, backend):
     assert {"identity", "3dmm_landmark", "identity_removal_g", "feature_matching"} <= set(terms)
 
 
+def test_shared_discriminator_forward_gives_the_two_pass_gradients(tmp_path):
+    """train_step runs D once on Xt and Y for both losses; its gradients must be those of the
+    textbook schedule: G's through a frozen D, then D's on [Xt, Y.detach()] (float64, exact)."""
+    from wscswap_fast.losses import hinge_discriminator_loss
+
+    cfg = tiny_config(tmp_path, backend="reference")
+    trainer = Trainer(cfg, dist_info=SINGLE, progress=False).to_dtype(torch.float64)
+    batch = random_batch(2)
+    total, _, out, (_, xt, _, _, _) = trainer.generator_loss(batch)
+    total.backward()
+    want_g = {n: p.grad.clone() for n, p in trainer.generator.named_parameters()}
+    d = trainer.discriminator
+    hinge_discriminator_loss(d(xt), d(out.result.detach())).backward()
+    want_d = {n: p.grad.clone() for n, p in d.named_parameters()}
+    trainer.train_step(batch)
+    for module, want in ((trainer.generator, want_g), (d, want_d)):
+        for n, p in module.named_parameters():
+            torch.testing.assert_close(p.grad, want[n], rtol=1e-9, atol=1e-12, msg=n)
+
+
 def test_random_encoders_warn_once(tmp_path, capsys):
     cfg = tiny_config(tmp_path)
     Trainer(cfg, dist_info=SINGLE, progress=False)

@@ -30,6 +30,7 @@ from .. import ops
 from ..nn import AIN
 from ..ops.ain import reference as ain_reference
 from ..ops.blend import reference as blend_reference
+from ..pipeline.masks import dilate_mask
 
 RESOLUTIONS = (128, 256, 512)
 CODE_SIZE = 16
@@ -236,13 +237,6 @@ class Decoder(nn.Module):
             att = F.leaky_relu(b + f, LEAK)
             h = block(h, z_id, att, backend=backend)
         return h
-
-
-def dilate_mask(mask: torch.Tensor, pixels: int) -> torch.Tensor:
-    """Grow a (N,1,H,W) soft mask by `pixels` (max filter of side 2*pixels+1)."""
-    if pixels <= 0:
-        return mask
-    return F.max_pool2d(mask, kernel_size=2 * pixels + 1, stride=1, padding=pixels)
 
 
 class Generator(nn.Module):

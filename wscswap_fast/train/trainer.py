@@ -5,15 +5,20 @@ One step, on a batch of (source Xs, target Xt, target mask Mt, same-identity fla
 1. frozen encoders, no grad: z_id = ArcFace(Xs), e_t = ArcFace(Xt), the 3DMM coefficients of
    Xt and Xs;
 2. the generator: Y, F, M, face_code = G(Xt, Mt, z_id);
-3. generator step (E_face, E_bg, decoder, heads: one Adam at optim.lr_g). The discriminator and
-   the identity adversary are frozen for this pass (their raw modules, outside DDP) and only
-   pass gradients to G. Terms: identity 1-cos(ArcFace(Y), z_id); reconstruction L1 on the
+3. generator step (E_face, E_bg, decoder, heads: one Adam at optim.lr_g). The identity
+   adversary is frozen for this pass (its raw module, outside DDP); the discriminator's
+   gradients from it are not computed (backward with inputs=G's parameters). Terms: identity 1-cos(ArcFace(Y), z_id); reconstruction L1 on the
    same-identity pairs; hinge adversarial and feature matching through the multi-scale
    discriminator; identity removal, E_face's side: the negative of the adversary's loss
    (see :func:`wscswap_fast.losses.identity_removal_generator_loss`); the 3DMM non-identity
    terms (expression, pose, lighting, the fused landmark loss) through NonIdentityLoss; the
    mask L1 against the target mask dilated by loss.mask_dilate pixels. Then the EMA update;
-4. discriminator step (Adam at optim.lr_d) on [Xt, Y.detach()] in one forward (one DDP call);
+4. discriminator step (Adam at optim.lr_d) on Xt and Y. D is the same module with the same weights
+   in steps 3 and 4, so its forwards on Xt and Y are run once (through DDP) and serve both
+   losses: the D loss backpropagates into D's parameters only (not into G), the G loss into G's
+   only. Compared with a frozen-D forward for G then a second forward for D, that saves one
+   discriminator forward on [Xt, Y] and the input gradients of the real half (a 256^2 step's
+   discriminator is ~70% of its convolution FLOPs);
 5. identity adversary step (its own Adam, at optim.lr_d) minimising 1-cos(A(face_code.detach()),
    e_t).
 
@@ -53,11 +58,6 @@ REGRESSOR_SIZE = 224  # Deep3DFaceRecon's input side; NonIdentityLoss's camera i
 def _requires_grad(module: nn.Module, flag: bool) -> None:
     for p in module.parameters():
         p.requires_grad_(flag)
-
-
-def _split_features(feats: list, n: int) -> tuple[list, list]:
-    """The discriminator's per-scale feature lists of a [real; fake] batch -> (real, fake)."""
-    return [[f[:n] for f in scale] for scale in feats], [[f[n:] for f in scale] for scale in feats]
 
 
 def image_grid(source: torch.Tensor, target: torch.Tensor, result: torch.Tensor, mask: torch.Tensor,
@@ -211,12 +211,16 @@ class Trainer:
                 feats["coeff_source"] = self.regressor(xs).to(self.dtype)
         return feats
 
-    def generator_loss(self, batch: dict, generator: nn.Module | None = None, frozen: dict | None = None):
-        """Forward of the generator and every generator-side term (D and the adversary frozen,
-        used through their raw modules). Returns (total, terms, output, inputs).
+    def generator_loss(self, batch: dict, generator: nn.Module | None = None, frozen: dict | None = None,
+                       discriminator_features: list | None = None):
+        """Forward of the generator and every generator-side term (the adversary frozen, used
+        through its raw module). Returns (total, terms, output, inputs).
 
         frozen: the frozen encoders' outputs for this batch (z_id, target_emb, coeff_target,
-        coeff_source), computed here when None (tests pass one run's to another)."""
+        coeff_source), computed here when None (tests pass one run's to another).
+        discriminator_features: None: D is frozen and run through its raw module (Xt without
+        grad). A list: D runs through d_train with its parameters trainable, and the list receives
+        (real, fake), its per-scale features of Xt and Y, for train_step's D loss."""
         from ..pipeline.masks import dilate_mask
 
         w = self.weights
@@ -226,7 +230,8 @@ class Trainer:
         else:
             frozen = {k: v.to(self.device, self.dtype) for k, v in frozen.items()}
         z_id = frozen["z_id"]
-        _requires_grad(self.discriminator, False)
+        keep_d = discriminator_features is not None
+        _requires_grad(self.discriminator, keep_d)
         _requires_grad(self.adversary, False)
         terms: dict[str, torch.Tensor] = {}
         total = xt.new_zeros(())
@@ -239,7 +244,14 @@ class Trainer:
                 if w.reconstruction > 0:
                     terms["reconstruction"] = reconstruction_loss(y, xt, same)
                 if w.adversarial > 0 or w.feature_matching > 0:
-                    real, fake = _split_features(self.discriminator(torch.cat([xt, y.to(xt.dtype)])), xt.shape[0])
+                    d = self.d_train if keep_d else self.discriminator
+                    fake = d(y.to(xt.dtype))
+                    if keep_d:
+                        real = d(xt)
+                        discriminator_features.append((real, fake))
+                    elif w.feature_matching > 0:
+                        with torch.no_grad():  # constants of the feature-matching term
+                            real = d(xt)
                     if w.adversarial > 0:
                         terms["adversarial"] = hinge_generator_loss(fake)
                     if w.feature_matching > 0:
@@ -289,21 +301,26 @@ class Trainer:
         self.generator.train()
         self.discriminator.train()
         self.adversary.train()
-        loss_g, terms, out, (xs, xt, mt, same, frozen) = self.generator_loss(batch, frozen=frozen)
+        d_features: list = []
+        loss_g, terms, out, (xs, xt, mt, same, frozen) = self.generator_loss(batch, frozen=frozen,
+                                                                            discriminator_features=d_features)
         self.opt_g.zero_grad(set_to_none=True)
-        self.scaler.scale(loss_g).backward()
+        self.opt_d.zero_grad(set_to_none=True)
+        if d_features:
+            # D's loss on the shared forwards, into D's parameters only; the graph is kept for
+            # G's backward through the fake branch, and the real branch's is freed with d_features
+            with self._autocast():
+                loss_d = hinge_discriminator_loss(*d_features.pop())
+            self.scaler.scale(loss_d).backward(inputs=list(self.discriminator.parameters()), retain_graph=True)
+            terms["discriminator"] = loss_d.detach()
+            del loss_d
+        self.scaler.scale(loss_g).backward(inputs=list(self.generator.parameters()))
         self.scaler.step(self.opt_g)
         self._update_ema()
+        if "discriminator" in terms:
+            self.scaler.step(self.opt_d)
 
         y = out.result.detach()
-        if w.adversarial > 0 or w.feature_matching > 0:
-            with self._autocast():
-                real, fake = _split_features(self.d_train(torch.cat([xt, y.to(xt.dtype)])), xt.shape[0])
-                loss_d = hinge_discriminator_loss(real, fake)
-            self.opt_d.zero_grad(set_to_none=True)
-            self.scaler.scale(loss_d).backward()
-            self.scaler.step(self.opt_d)
-            terms["discriminator"] = loss_d
         if w.identity_removal > 0:
             with self._autocast():
                 loss_a = identity_removal_loss(self.a_train(out.face_code.detach()).to(self.dtype),
