@@ -98,6 +98,7 @@ def test_bad_overrides(override, words):
     ("optim.lr_d=0", "optim.lr_d"),
     ("run.device=tpu", "run.device"),
     ("run.backend=fast", "run.backend"),
+    ("run.memory_format=nhwc", "run.memory_format"),
     ("run.keep_checkpoints=0", "run.keep_checkpoints"),
     ("run.log_every=0", "run.log_every"),
 ])

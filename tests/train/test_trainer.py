@@ -211,6 +211,25 @@ def test_shared_discriminator_forward_gives_the_two_pass_gradients(tmp_path):
             torch.testing.assert_close(p.grad, want[n], rtol=1e-9, atol=1e-12, msg=n)
 
 
+def test_memory_formats_give_the_same_step(tmp_path):
+    """run.memory_format only changes strides: the channels_last and contiguous trainers take the
+    same step (float64, so layout-dependent summation order stays far below the tolerance)."""
+    results = []
+    for fmt in ("channels_last", "contiguous"):
+        cfg = tiny_config(tmp_path / fmt, backend="cpu")
+        cfg.run.memory_format = fmt
+        trainer = Trainer(cfg, dist_info=SINGLE, progress=False).to_dtype(torch.float64)
+        conv = trainer.generator.face_encoder.stem.weight
+        assert conv.is_contiguous(memory_format=trainer.memory_format)
+        terms = trainer.train_step(random_batch(2))
+        results.append((terms, {n: p.detach().clone() for n, p in trainer.generator.named_parameters()}))
+    (t_cl, g_cl), (t_c, g_c) = results
+    for name in t_c:
+        torch.testing.assert_close(t_cl[name], t_c[name], rtol=1e-9, atol=1e-12, msg=name)
+    for name in g_c:
+        torch.testing.assert_close(g_cl[name], g_c[name], rtol=1e-9, atol=1e-12, msg=name)
+
+
 def test_random_encoders_warn_once(tmp_path, capsys):
     cfg = tiny_config(tmp_path)
     Trainer(cfg, dist_info=SINGLE, progress=False)

@@ -20,6 +20,7 @@ from ..atomic import atomic_write_text
 RESOLUTIONS = (128, 256, 512)
 AMP_MODES = ("none", "bf16", "fp16")
 BACKENDS = ("auto", "cuda", "triton", "cpu", "reference")
+MEMORY_FORMATS = ("channels_last", "contiguous")
 # the architectures wscswap_fast.models.iresnet / .regressor build (kept here so the config imports no model code)
 IDENTITY_ARCHS = ("iresnet18", "iresnet34", "iresnet50", "iresnet100")
 REGRESSOR_ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101")
@@ -100,6 +101,9 @@ class RunConfig:
     seed: int = 0
     device: str = "auto"  # "auto", "cpu", "cuda" or "cuda:N"
     backend: str = "auto"  # fused-op backend: auto, cuda, triton, cpu, reference
+    # activations and conv weights: channels_last (NHWC) is oneDNN's and cuDNN's native conv layout
+    # (a 256^2 CPU step ~10% faster than contiguous NCHW); every fused op takes both
+    memory_format: str = "channels_last"
 
 
 @dataclass
@@ -183,6 +187,7 @@ class TrainConfig:
         check(r.seed >= 0, "run.seed", r.seed, ">= 0")
         check(_valid_device(r.device), "run.device", r.device, "auto, cpu, cuda or cuda:N")
         check(r.backend in BACKENDS, "run.backend", r.backend, f"one of {BACKENDS}")
+        check(r.memory_format in MEMORY_FORMATS, "run.memory_format", r.memory_format, f"one of {MEMORY_FORMATS}")
         return self
 
 

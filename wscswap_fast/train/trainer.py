@@ -144,6 +144,12 @@ class Trainer:
                       "regressor checkpoint given): the run exercises the code, but identity will not transfer "
                       "to real faces. Give model.identity_checkpoint / model.regressor_checkpoint for a real model.",
                       file=sys.stderr)
+        self.memory_format = {"channels_last": torch.channels_last,
+                              "contiguous": torch.contiguous_format}[cfg.run.memory_format]
+        for m in (self.generator, self.generator_ema, self.discriminator, self.adversary, self.identity_encoder,
+                  self.regressor):
+            if m is not None:
+                m.to(memory_format=self.memory_format)
         self.g_train = wrap_ddp(self.generator, self.info)
         self.d_train = wrap_ddp(self.discriminator, self.info)
         self.a_train = wrap_ddp(self.adversary, self.info)
@@ -193,9 +199,10 @@ class Trainer:
         if missing:
             raise ValueError(f"a training batch needs keys source, target, target_mask, same; missing {missing}")
         dev, dt = self.device, self.dtype
-        xs = batch["source"].to(dev, dt, non_blocking=True)
-        xt = batch["target"].to(dev, dt, non_blocking=True)
-        mt = batch["target_mask"].to(dev, dt, non_blocking=True)
+        fmt = self.memory_format
+        xs = batch["source"].to(dev, dt, non_blocking=True, memory_format=fmt)
+        xt = batch["target"].to(dev, dt, non_blocking=True, memory_format=fmt)
+        mt = batch["target_mask"].to(dev, dt, non_blocking=True, memory_format=fmt)
         same = batch["same"].to(dev, dt, non_blocking=True).reshape(-1)
         return xs, xt, mt, same
 
