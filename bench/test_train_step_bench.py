@@ -6,23 +6,25 @@ import pytest
 from wscswap_fast import ops
 from wscswap_fast.benchmarks.train_step import SETTINGS, make_batch, make_trainer, peak_memory, step_fn
 
-# (name, backend, compiled)
-CONTENDERS = [("reference", "reference", False), ("torch.compile", "reference", True), ("cpu", "cpu", False),
-              ("cpu+compile", "cpu", True), ("cuda", "cuda", False), ("cuda+compile", "cuda", True)]
+CL = "channels_last"
+# (name, backend, compiled, memory format)
+CONTENDERS = [("reference", "reference", False, CL), ("reference NCHW", "reference", False, "contiguous"),
+              ("torch.compile", "reference", True, CL), ("cpu", "cpu", False, CL), ("cpu+compile", "cpu", True, CL),
+              ("cuda", "cuda", False, CL), ("cuda+compile", "cuda", True, CL)]
 
 
 @pytest.mark.parametrize("encoders", [True, False], ids=["full step", "G+D step"])
 @pytest.mark.parametrize("contender", CONTENDERS, ids=[c[0] for c in CONTENDERS])
 def test_train_step(benchmark, device, sync, contender, encoders):
-    name, backend, compiled = contender
+    name, backend, compiled, memory_format = contender
     if backend != "reference" and ops.available()[backend] is not True:
         pytest.skip(f"{backend}: {ops.available()[backend]}")
     if backend == "cuda" and device.type != "cuda" or backend == "cpu" and device.type != "cpu":
         pytest.skip(f"{backend} does not run on {device}")
     setting = SETTINGS["full"]
-    trainer = make_trainer(setting, backend, device, compiled)
+    trainer = make_trainer(setting, backend, device, compiled, memory_format)
     step = step_fn(trainer, make_batch(setting, device), encoders)
     benchmark.group = f"train_step {'full' if encoders else 'G+D'} {setting['resolution']}^2 batch {setting['batch']} {device}"
     if not compiled:
-        benchmark.extra_info.update(peak_memory("full", backend, device, encoders) or {})
-    benchmark.pedantic(lambda: (step(), sync()), warmup_rounds=2, rounds=5)
+        benchmark.extra_info.update(peak_memory("full", backend, device, encoders, memory_format) or {})
+    benchmark.pedantic(lambda: (step(), sync()), warmup_rounds=3, rounds=5)

@@ -11,8 +11,9 @@ Cases (full mode: the default 256^2 model, width 1, iresnet50 ArcFace, resnet50 
               terms that backpropagate through them (identity, 3DMM) off: what the backends
               change, without the frozen networks that are the same for every contender.
 
-Contenders:
+Contenders (all channels_last, the trainer's default run.memory_format, unless named NCHW):
   reference       every fused op on its plain-PyTorch reference (eager); the "vs eager" column.
+  reference NCHW  the same with run.memory_format=contiguous, for users' plain-PyTorch layout.
   torch.compile   the reference-backend step with the generator and the discriminator compiled
                   (Inductor); the "vs compile" column.
   cpu / cuda      the fused backend of the device (eager).
@@ -49,14 +50,14 @@ SETTINGS = {
 }
 
 
-def make_config(setting: dict, backend: str, device: torch.device):
+def make_config(setting: dict, backend: str, device: torch.device, memory_format: str = "channels_last"):
     from ..train.config import TrainConfig, apply_overrides
 
     overrides = [f"data.resolution={setting['resolution']}", f"data.batch_size={setting['batch']}",
                  f"model.generator_width={setting['width']}", f"model.identity_arch={setting['identity_arch']}",
                  f"model.regressor_arch={setting['regressor_arch']}",
                  f"model.discriminator_channels={setting['d_channels']}", f"run.device={device.type}",
-                 f"run.backend={backend}"]
+                 f"run.backend={backend}", f"run.memory_format={memory_format}"]
     cfg = apply_overrides(TrainConfig(), overrides)
     if cfg.model.morphable_model is None:  # no Surrey model beside the checkout: no 3DMM terms
         for key in ("expression", "pose", "lighting", "landmark"):
@@ -64,7 +65,8 @@ def make_config(setting: dict, backend: str, device: torch.device):
     return cfg
 
 
-def make_trainer(setting: dict, backend: str, device: torch.device, compiled: bool = False):
+def make_trainer(setting: dict, backend: str, device: torch.device, compiled: bool = False,
+                 memory_format: str = "channels_last"):
     """A Trainer (writes nothing) whose G and D are optionally torch.compile'd."""
     import contextlib
     import io
@@ -73,7 +75,7 @@ def make_trainer(setting: dict, backend: str, device: torch.device, compiled: bo
     from ..train.distributed import DistInfo
     from ..train.trainer import Trainer
 
-    cfg = make_config(setting, backend, device)
+    cfg = make_config(setting, backend, device, memory_format)
     with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):  # the random-encoder warnings
         warnings.simplefilter("ignore")
         trainer = Trainer(cfg, dist_info=DistInfo(device=device), progress=False)
@@ -119,23 +121,26 @@ def step_fn(trainer, batch: dict, encoders: bool):
     return step
 
 
-def contenders(device: torch.device, quick: bool = False) -> list[tuple[str, str, bool]]:
-    """(name, backend, compiled) of every contender that can run on device (quick mode: no
-    compiled fused backend, whose compile takes minutes on a small CPU)."""
+def contenders(device: torch.device, quick: bool = False) -> list[tuple[str, str, bool, str]]:
+    """(name, backend, compiled, memory format) of every contender that can run on device (quick
+    mode: no compiled fused backend, whose compile takes minutes on a small CPU)."""
     fused = "cuda" if device.type == "cuda" else "cpu"
-    out = [("reference", "reference", False), ("torch.compile", "reference", True)]
+    cl = "channels_last"
+    out = [("reference", "reference", False, cl), ("reference NCHW", "reference", False, "contiguous"),
+           ("torch.compile", "reference", True, cl)]
     if ops.available()[fused] is True:
-        out += [(fused, fused, False)] + ([] if quick else [(f"{fused}+compile", fused, True)])
+        out += [(fused, fused, False, cl)] + ([] if quick else [(f"{fused}+compile", fused, True, cl)])
     return out
 
 
-def peak_memory(mode: str, backend: str, device: torch.device, encoders: bool = True) -> dict | None:
+def peak_memory(mode: str, backend: str, device: torch.device, encoders: bool = True,
+                memory_format: str = "channels_last") -> dict | None:
     """Peak memory of a training step, MiB: {"peak_mib": growth over the memory held before the
     step, "peak_rss_mib" (CPU) / "peak_allocated_mib" (GPU): the whole peak}. CPU: in a fresh
     subprocess, the resident set sampled during two steps (see _measure_in_this_process); GPU:
     torch.cuda.max_memory_allocated of the second step. None if the subprocess failed."""
     if device.type == "cuda":
-        trainer = make_trainer(SETTINGS[mode], backend, device)
+        trainer = make_trainer(SETTINGS[mode], backend, device, memory_format=memory_format)
         step = step_fn(trainer, make_batch(SETTINGS[mode], device), encoders)
         step()
         torch.cuda.synchronize(device)
@@ -146,7 +151,7 @@ def peak_memory(mode: str, backend: str, device: torch.device, encoders: bool = 
         peak = torch.cuda.max_memory_allocated(device)
         return {"peak_mib": (peak - base) / 2**20, "peak_allocated_mib": peak / 2**20}
     cmd = [sys.executable, "-m", "wscswap_fast.benchmarks.train_step", "--peak-memory", mode, backend,
-           "1" if encoders else "0"]
+           "1" if encoders else "0", memory_format]
     env = dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads()))
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1800)
     if proc.returncode != 0:
@@ -159,7 +164,7 @@ def _resident_kib() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1024
 
 
-def _measure_in_this_process(mode: str, backend: str, encoders: bool) -> dict:
+def _measure_in_this_process(mode: str, backend: str, encoders: bool, memory_format: str) -> dict:
     """Resident set before the first step (models, optimisers, batch built) and its peak over two
     steps (the first creates Adam's state), sampled every millisecond by a thread; ru_maxrss
     bounds the sampling from above."""
@@ -168,7 +173,7 @@ def _measure_in_this_process(mode: str, backend: str, encoders: bool) -> dict:
     import time
 
     device = torch.device("cpu")
-    trainer = make_trainer(SETTINGS[mode], backend, device)
+    trainer = make_trainer(SETTINGS[mode], backend, device, memory_format=memory_format)
     step = step_fn(trainer, make_batch(SETTINGS[mode], device), encoders)
     built = _resident_kib()
     peak, done = [built], threading.Event()
@@ -196,14 +201,14 @@ def run(device: torch.device, quick: bool = False, copy_gbps: float = 1.0, secon
     rows = []
     times = {}
     entries = contenders(device, quick)
-    backends = {name: backend for name, backend, _ in entries}
+    specs = {name: (backend, fmt) for name, backend, _, fmt in entries}
     batch = make_batch(setting, device)
-    trainers = {name: make_trainer(setting, backend, device, compiled) for name, backend, compiled in entries}
+    trainers = {name: make_trainer(setting, backend, device, compiled, fmt) for name, backend, compiled, fmt in entries}
     for encoders, label in ((True, "full step"), (False, "G+D step")):
         steps = {name: step_fn(trainer, batch, encoders) for name, trainer in trainers.items()}
-        for step in steps.values():  # compile / warm up outside the timing (both requires_grad variants of D)
-            step()
-            step()
+        for step in steps.values():  # compile / warm up outside the timing: the allocator's heap and
+            for _ in range(3):         # oneDNN's primitive cache settle over the first steps
+                step()
         sync(device)
         times[label] = time_interleaved(steps, device, seconds=seconds, warmup=0, max_reps=20)
         case = (f"{label} {setting['resolution']}^2 batch {setting['batch']} width {setting['width']:g} "
@@ -212,7 +217,7 @@ def run(device: torch.device, quick: bool = False, copy_gbps: float = 1.0, secon
         for name, t in times[label].items():
             note = f"{setting['batch'] / t:.2f} img/s"
             if "compile" not in name:
-                mem = peak_memory(mode, backends[name], device, encoders)
+                mem = peak_memory(mode, specs[name][0], device, encoders, specs[name][1])
                 if mem is not None:
                     total = mem.get("peak_rss_mib", mem.get("peak_allocated_mib"))
                     note += f", peak {total:.0f} MiB (+{mem['peak_mib']:.0f} in the step)"
@@ -226,9 +231,9 @@ def run(device: torch.device, quick: bool = False, copy_gbps: float = 1.0, secon
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 5 and sys.argv[1] == "--peak-memory":
+    if len(sys.argv) == 6 and sys.argv[1] == "--peak-memory":
         torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads())))
-        print(json.dumps(_measure_in_this_process(sys.argv[2], sys.argv[3], sys.argv[4] == "1")))
+        print(json.dumps(_measure_in_this_process(sys.argv[2], sys.argv[3], sys.argv[4] == "1", sys.argv[5])))
     else:
         quick = "--quick" in sys.argv
         dev = torch.device("cuda" if torch.cuda.is_available() and "--cpu" not in sys.argv else "cpu")
