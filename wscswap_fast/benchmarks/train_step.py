@@ -237,6 +237,8 @@ if __name__ == "__main__":
     else:
         quick = "--quick" in sys.argv
         dev = torch.device("cuda" if torch.cuda.is_available() and "--cpu" not in sys.argv else "cpu")
-        from .harness import text_table
+        from .harness import text_table, tune_cpu_allocator
 
+        if dev.type == "cpu":
+            tune_cpu_allocator()  # as `wscswap bench` does
         print(text_table(run(dev, quick=quick, seconds=0.5 if quick else 1.5)))
