@@ -95,7 +95,8 @@ void stats_nhwc(const T* h, S* mean, S* rstd, int64_t N, int64_t C, int64_t HW, 
   }
 }
 
-// Per-(n, c) sums of the backward, accumulated per task and reduced in task order.
+// Per-(n, c) sums of the backward, accumulated per task and reduced in task order. A task's
+// partials are laid out [sum][channel], so NHWC's per-pixel channel loop adds contiguous vectors.
 enum Sum { kDhn, kDhnHn, kGid, kBid, kW, kSums };
 
 }  // namespace
@@ -230,11 +231,13 @@ void ain_backward_cpu(const T* grad_out, const T* grad_mask_in, const T* h, cons
           put_line(grad_b_att + off + q, line_ba, count, streaming);
         };
         for_each_line<kLine>(grad_g_att + off, len, line_step);
-        S* s = sums + c * kSums;
-        s[kDhn] = s_dhn; s[kDhnHn] = s_dhn_hn; s[kGid] = s_gid; s[kBid] = s_bid; s[kW] = s_w;
+        sums[kDhn * C + c] = s_dhn; sums[kDhnHn * C + c] = s_dhn_hn; sums[kGid * C + c] = s_gid;
+        sums[kBid * C + c] = s_bid; sums[kW * C + c] = s_w;
       }
     } else {
       std::fill(sums, sums + C * kSums, S(0));
+      S* s_dhn = sums + kDhn * C; S* s_dhn_hn = sums + kDhnHn * C; S* s_gid = sums + kGid * C;
+      S* s_bid = sums + kBid * C; S* s_w = sums + kW * C;
       S bias_sum = 0;
       const T* gi = g_id + n * C;
       const T* bi = b_id + n * C;
@@ -249,13 +252,13 @@ void ain_backward_cpu(const T* grad_out, const T* grad_mask_in, const T* h, cons
         const S mv = m[p], dzv = ain_logit_grad<S>(dm, mv);
         dz[p] = dzv;
         bias_sum += dzv;
+#pragma omp simd
         for (int64_t c = 0; c < C; ++c) {
           const S gv = load(g[c]), hn = (load(x[c]) - mu[c]) * rs[c];
           const S dhn = ain_hn_grad<S>(gv, mv, load(ga[c]), load(gi[c]), dzv, load(w[c]));
           grad_g_att[off + c] = store<T>(gv * (S(1) - mv) * hn);
           grad_b_att[off + c] = store<T>(gv * (S(1) - mv));
-          S* s = sums + c * kSums;
-          s[kDhn] += dhn; s[kDhnHn] += dhn * hn; s[kGid] += gv * mv * hn; s[kBid] += gv * mv; s[kW] += dzv * hn;
+          s_dhn[c] += dhn; s_dhn_hn[c] += dhn * hn; s_gid[c] += gv * mv * hn; s_bid[c] += gv * mv; s_w[c] += dzv * hn;
         }
       }
       part_bias[task] = bias_sum;
@@ -271,7 +274,7 @@ void ain_backward_cpu(const T* grad_out, const T* grad_mask_in, const T* h, cons
     for (int64_t c = 0; c < C; ++c) {
       double t[kSums] = {0, 0, 0, 0, 0};
       for (int64_t blk = 0; blk < blocks; ++blk)
-        for (int k = 0; k < kSums; ++k) t[k] += part[((n * blocks + blk) * C + c) * kSums + k];
+        for (int k = 0; k < kSums; ++k) t[k] += part[((n * blocks + blk) * kSums + k) * C + c];
       mean_dhn[n * C + c] = static_cast<S>(t[kDhn] / static_cast<double>(HW));
       mean_dhn_hn[n * C + c] = static_cast<S>(t[kDhnHn] / static_cast<double>(HW));
       grad_g_id[n * C + c] = store<T>(static_cast<S>(t[kGid]));
