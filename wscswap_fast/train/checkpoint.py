@@ -402,10 +402,23 @@ def load_checkpoint(path: str | os.PathLike, modules: Mapping[str, nn.Module],
         _unwrap(module).load_state_dict(weights[name], strict=strict)
     for name, opt in optimizers.items():
         opt.load_state_dict(opt_states[name])
+        _match_parameter_layout(opt)
     state = _decode(meta["state"], _read_tensors(ckpt / "state.safetensors"), str(ckpt / "state.json"))
     if restore_rng:
         restore_rng_state(state["rng"])
     return state
+
+
+def _match_parameter_layout(opt: torch.optim.Optimizer) -> None:
+    """Give restored per-parameter state its parameter's strides. Checkpoints store contiguous
+    tensors, and a fused optimizer walks a channels_last parameter and its state as one flat
+    buffer each: mismatched strides would pair the wrong elements."""
+    for group in opt.param_groups:
+        for p in group["params"]:
+            state = opt.state.get(p, {})
+            for k, v in state.items():
+                if isinstance(v, torch.Tensor) and v.shape == p.shape and v.stride() != p.stride():
+                    state[k] = torch.empty_like(p, dtype=v.dtype).copy_(v)
 
 
 def _optimizer_mismatches(name: str, sd: dict, opt: torch.optim.Optimizer) -> list[str]:
