@@ -217,7 +217,8 @@ def run(device: torch.device, quick: bool = False, copy_gbps: float = 1.0, secon
         for name, t in times[label].items():
             note = f"{setting['batch'] / t:.2f} img/s"
             if "compile" not in name:
-                mem = peak_memory(mode, specs[name][0], device, encoders, specs[name][1])
+                backend, memory_format = specs[name]
+                mem = peak_memory(mode, backend, device, encoders, memory_format)
                 if mem is not None:
                     total = mem.get("peak_rss_mib", mem.get("peak_allocated_mib"))
                     note += f", peak {total:.0f} MiB (+{mem['peak_mib']:.0f} in the step)"

@@ -24,7 +24,7 @@ import time
 
 import numpy as np
 
-from ..atomic import atomic_write_bytes
+from ..atomic import atomic_write_bytes, atomic_write_text
 from . import metrics
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -421,9 +421,8 @@ def evaluate(opts: EvalOptions) -> dict:
             m["morphable_note"] = morphable_note
     report["seconds"] = time.time() - start
 
-    atomic_write_bytes(os.path.join(opts.out, "report.json"),
-                  json.dumps(_json_safe(report), indent=2, allow_nan=False).encode())
-    atomic_write_bytes(os.path.join(opts.out, "report.md"), markdown_report(report).encode())
+    atomic_write_text(os.path.join(opts.out, "report.json"), json.dumps(_json_safe(report), indent=2, allow_nan=False))
+    atomic_write_text(os.path.join(opts.out, "report.md"), markdown_report(report))
     if pairs:
         ok, png = cv2.imencode(".png", build_grid(sources, targets, results))
     else:

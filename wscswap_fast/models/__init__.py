@@ -3,7 +3,7 @@ ArcFace identity encoder and the 3DMM coefficient regressor.
 
 The names below load their module on first use (PEP 562), so importing the package stays cheap
 and `python -m wscswap_fast.models.generator` runs without a double import."""
-import importlib
+from .._lazy import lazy_exports
 
 _EXPORTS = {
     "IdentityAdversary": "discriminator", "MultiScaleDiscriminator": "discriminator",
@@ -15,14 +15,4 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(list(globals()) + __all__)
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS)

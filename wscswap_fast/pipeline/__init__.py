@@ -3,7 +3,7 @@
 Names are imported lazily (PEP 562): ``wscswap`` imports ``pipeline.cli`` at start-up, which must
 not pull in torch models, dlib or OpenCV.
 """
-import importlib
+from .._lazy import lazy_exports
 
 _EXPORTS = {
     "Face": "detect", "Detector": "detect", "DlibDetector": "detect", "OnnxDetector": "detect",
@@ -18,11 +18,4 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name):
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
-    globals()[name] = value
-    return value
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS)

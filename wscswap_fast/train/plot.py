@@ -6,8 +6,8 @@ plus a small JSON summary (steps, time, images/s, each loss at the start and the
         --summary docs/train_128_summary.json --title "wscswap train 128^2"
 
 Each panel shows one loss (or a group sharing a scale): the logged values faint, an
-exponential moving average over them bold (of log10 of the values on a log scale). Panels whose values span more than a factor 30 use
-a log scale.
+exponential moving average over them bold (of log10 of the values on a log scale). Panels whose
+values span more than a factor 30 use a log scale.
 """
 from __future__ import annotations
 
@@ -18,9 +18,9 @@ import os
 from pathlib import Path
 
 import numpy as np
-from ..atomic import atomic_write_bytes
+from ..atomic import atomic_write_bytes, atomic_write_text
 
-# (panel title, [(key, label)], log scale allowed)
+# (panel title, [(log key, legend label)])
 PANELS = [
     ("generator total", [("generator_total", "G total")]),
     ("identity 1-cos (weight 5)", [("identity", "identity")]),
@@ -187,7 +187,7 @@ def main(argv=None) -> int:
         if args.command:
             summary["command"] = args.command
         Path(args.summary).parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(Path(args.summary), (json.dumps(summary, indent=2) + "\n").encode())
+        atomic_write_text(args.summary, json.dumps(summary, indent=2) + "\n")
     print(f"wrote {args.out}" + (f" and {args.summary}" if args.summary else ""))
     return 0
 

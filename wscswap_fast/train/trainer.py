@@ -7,8 +7,8 @@ One step, on a batch of (source Xs, target Xt, target mask Mt, same-identity fla
 2. the generator: Y, F, M, face_code = G(Xt, Mt, z_id);
 3. generator step (E_face, E_bg, decoder, heads: one Adam at optim.lr_g). The identity
    adversary is frozen for this pass (its raw module, outside DDP); the discriminator's
-   gradients from it are not computed (backward with inputs=G's parameters). Terms: identity 1-cos(ArcFace(Y), z_id); reconstruction L1 on the
-   same-identity pairs; hinge adversarial and feature matching through the multi-scale
+   gradients from it are not computed (backward with inputs=G's parameters). Terms: identity
+   1-cos(ArcFace(Y), z_id); reconstruction L1 on the same-identity pairs; hinge adversarial and feature matching through the multi-scale
    discriminator; identity removal, E_face's side: the negative of the adversary's loss
    (see :func:`wscswap_fast.losses.identity_removal_generator_loss`); the 3DMM non-identity
    terms (expression, pose, lighting, the fused landmark loss) through NonIdentityLoss; the
@@ -146,10 +146,8 @@ class Trainer:
                       file=sys.stderr)
         self.memory_format = {"channels_last": torch.channels_last,
                               "contiguous": torch.contiguous_format}[cfg.run.memory_format]
-        for m in (self.generator, self.generator_ema, self.discriminator, self.adversary, self.identity_encoder,
-                  self.regressor):
-            if m is not None:
-                m.to(memory_format=self.memory_format)
+        for m in self._networks():
+            m.to(memory_format=self.memory_format)
         self.g_train = wrap_ddp(self.generator, self.info)
         self.d_train = wrap_ddp(self.discriminator, self.info)
         self.a_train = wrap_ddp(self.adversary, self.info)
@@ -167,14 +165,18 @@ class Trainer:
     def to_dtype(self, dtype: torch.dtype) -> "Trainer":
         """Every module (trained and frozen), the 3DMM and the inputs in `dtype`. Training runs in
         float32 (with autocast for AMP); tests use float64 as the exact reference of a step."""
-        for m in (self.generator, self.generator_ema, self.discriminator, self.adversary, self.identity_encoder,
-                  self.regressor):
-            if m is not None:
-                m.to(dtype)  # in place: the optimisers keep their parameters
+        for m in self._networks():
+            m.to(dtype)  # in place: the optimisers keep their parameters
         if self.non_identity is not None:
             self.non_identity.model = self.non_identity.model.to(dtype=dtype)
         self.dtype = dtype
         return self
+
+    def _networks(self) -> list[nn.Module]:
+        """Every network the trainer runs, trained and frozen (the regressor only with 3DMM terms)."""
+        nets = [self.generator, self.generator_ema, self.discriminator, self.adversary, self.identity_encoder,
+                self.regressor]
+        return [m for m in nets if m is not None]
 
     @property
     def modules(self) -> dict:
@@ -315,7 +317,8 @@ class Trainer:
                                                                             discriminator_features=d_features)
         self.opt_g.zero_grad(set_to_none=True)
         self.opt_d.zero_grad(set_to_none=True)
-        if d_features:
+        train_d = bool(d_features)
+        if train_d:
             # D's loss on the shared forwards, into D's parameters only; the graph is kept for
             # G's backward through the fake branch, and the real branch's is freed with d_features
             with self._autocast():
@@ -326,7 +329,7 @@ class Trainer:
         self.scaler.scale(loss_g).backward(inputs=list(self.generator.parameters()))
         self.scaler.step(self.opt_g)
         self._update_ema()
-        if "discriminator" in terms:
+        if train_d:
             self.scaler.step(self.opt_d)
 
         y = out.result.detach()
