@@ -34,8 +34,6 @@ def require(backend: str) -> torch.device:
     return device_for(backend)
 
 
-
-
 def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
     """|a - b| / |b| over the whole tensor, in float64."""
     a, b = a.detach().double(), b.detach().double()
