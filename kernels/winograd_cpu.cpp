@@ -1,0 +1,380 @@
+// CPU loops of the Winograd transforms (see winograd.h). Every loop runs over a tile (or a
+// channel of the weights) with the channels innermost: in NHWC each tile position is a
+// contiguous run of channels, and each transformed plane row too, so the per-channel tile
+// transforms of winograd.h vectorise across channels (omp simd) with unit-stride loads and
+// stores. Positions outside the image read a row of zeros and write to a dump row, so the
+// vector loops have no branches. Compiled for AVX-512, AVX2 and baseline x86-64, picked at run
+// time.
+#include "winograd.h"
+
+#include <algorithm>
+#include <vector>
+
+namespace wsc {
+namespace {
+
+#if defined(__GNUC__)
+#define WSC_ALWAYS_INLINE inline __attribute__((always_inline))
+#else
+#define WSC_ALWAYS_INLINE inline
+#endif
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#define WSC_X86_DISPATCH 1
+#define WSC_TARGET_AVX512 __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma,prefer-vector-width=512")))
+#define WSC_TARGET_AVX2 __attribute__((target("avx2,fma")))
+#endif
+
+template <typename T> struct Acc { using type = float; };
+template <> struct Acc<double> { using type = double; };
+
+constexpr int kM = kWinogradTile;
+
+// The pieces a range of work needs: the shape, the operands and a row of zeros / a dump row as
+// long as the widest channel count, for positions outside the image.
+template <typename T>
+struct Job {
+  WinogradShape s;
+  const T* in;
+  const T* bias;
+  T* out;
+  const T* zeros;
+};
+
+// Tile t -> (n, ty, tx).
+inline void tile_coords(const WinogradShape& s, int64_t t, int64_t& n, int64_t& ty, int64_t& tx) {
+  tx = t % s.tiles_w;
+  ty = (t / s.tiles_w) % s.tiles_h;
+  n = t / (s.tiles_w * s.tiles_h);
+}
+
+// x (NHWC) -> U (P, T, C) for tiles [t0, t1).
+template <typename T, int R>
+WSC_ALWAYS_INLINE void input_tiles(const Job<T>& j, int64_t t0, int64_t t1) {
+  using A = typename Acc<T>::type;
+  constexpr int N = WinogradMatrices<R>::ALPHA;
+  const WinogradShape& s = j.s;
+  const int64_t C = s.C, Tn = s.tiles();
+  for (int64_t t = t0; t < t1; ++t) {
+    int64_t n, ty, tx;
+    tile_coords(s, t, n, ty, tx);
+    const T* src[N][N];
+    for (int a = 0; a < N; ++a)
+      for (int b = 0; b < N; ++b) {
+        const int64_t iy = ty * kM - s.pad + a, ix = tx * kM - s.pad + b;
+        const bool inside = iy >= 0 && iy < s.H && ix >= 0 && ix < s.W;
+        src[a][b] = inside ? j.in + ((n * s.H + iy) * s.W + ix) * C : j.zeros;
+      }
+    T* dst = j.out + t * C;
+#pragma omp simd
+    for (int64_t c = 0; c < C; ++c) {
+      A d[N][N];
+      WSC_UNROLL
+      for (int a = 0; a < N; ++a)
+        WSC_UNROLL
+        for (int b = 0; b < N; ++b) d[a][b] = A(src[a][b][c]);
+      winograd_input_tile<R, A>(d);
+      WSC_UNROLL
+      for (int a = 0; a < N; ++a)
+        WSC_UNROLL
+        for (int b = 0; b < N; ++b) dst[(a * N + b) * Tn * C + c] = T(d[a][b]);
+    }
+  }
+}
+
+// M (P, T, K) -> y (NHWC) plus bias, for tiles [t0, t1).
+template <typename T, int R>
+WSC_ALWAYS_INLINE void output_tiles(const Job<T>& j, int64_t t0, int64_t t1, T* dump) {
+  using A = typename Acc<T>::type;
+  constexpr int N = WinogradMatrices<R>::ALPHA;
+  const WinogradShape& s = j.s;
+  const int64_t K = s.K, Tn = s.tiles();
+  for (int64_t t = t0; t < t1; ++t) {
+    int64_t n, ty, tx;
+    tile_coords(s, t, n, ty, tx);
+    T* dst[kM][kM];
+    for (int a = 0; a < kM; ++a)
+      for (int b = 0; b < kM; ++b) {
+        const int64_t oy = ty * kM + a, ox = tx * kM + b;
+        dst[a][b] = (oy < s.Ho && ox < s.Wo) ? j.out + ((n * s.Ho + oy) * s.Wo + ox) * K : dump;
+      }
+    const T* src = j.in + t * K;
+    const T* bias = j.bias ? j.bias : j.zeros;
+#pragma omp simd
+    for (int64_t k = 0; k < K; ++k) {
+      A m[N][N], y[kM][kM];
+      WSC_UNROLL
+      for (int a = 0; a < N; ++a)
+        WSC_UNROLL
+        for (int b = 0; b < N; ++b) m[a][b] = A(src[(a * N + b) * Tn * K + k]);
+      winograd_output_tile<R, A>(m, y);
+      const A bk = A(bias[k]);
+      WSC_UNROLL
+      for (int a = 0; a < kM; ++a)
+        WSC_UNROLL
+        for (int b = 0; b < kM; ++b) dst[a][b][k] = T(y[a][b] + bk);
+    }
+  }
+}
+
+// dy (NHWC) -> Yh (P, T, K), for tiles [t0, t1).
+template <typename T, int R>
+WSC_ALWAYS_INLINE void grad_tiles(const Job<T>& j, int64_t t0, int64_t t1) {
+  using A = typename Acc<T>::type;
+  constexpr int N = WinogradMatrices<R>::ALPHA;
+  const WinogradShape& s = j.s;
+  const int64_t K = s.K, Tn = s.tiles();
+  for (int64_t t = t0; t < t1; ++t) {
+    int64_t n, ty, tx;
+    tile_coords(s, t, n, ty, tx);
+    const T* src[kM][kM];
+    for (int a = 0; a < kM; ++a)
+      for (int b = 0; b < kM; ++b) {
+        const int64_t oy = ty * kM + a, ox = tx * kM + b;
+        src[a][b] = (oy < s.Ho && ox < s.Wo) ? j.in + ((n * s.Ho + oy) * s.Wo + ox) * K : j.zeros;
+      }
+    T* dst = j.out + t * K;
+#pragma omp simd
+    for (int64_t k = 0; k < K; ++k) {
+      A g[kM][kM], out[N][N];
+      WSC_UNROLL
+      for (int a = 0; a < kM; ++a)
+        WSC_UNROLL
+        for (int b = 0; b < kM; ++b) g[a][b] = A(src[a][b][k]);
+      winograd_grad_tile<R, A>(g, out);
+      WSC_UNROLL
+      for (int a = 0; a < N; ++a)
+        WSC_UNROLL
+        for (int b = 0; b < N; ++b) dst[(a * N + b) * Tn * K + k] = T(out[a][b]);
+    }
+  }
+}
+
+// Z (P, T, C) -> dx (NHWC, zeroed by the caller) += B Z BT, for the tiles of tile rows
+// [r0, r1) (row = n * tiles_h + ty). A row's tiles overlap each other, so one call owns a whole
+// row; rows two apart never overlap (alpha <= 2m), so the caller runs even rows, then odd ones.
+template <typename T, int R>
+WSC_ALWAYS_INLINE void input_grad_rows(const Job<T>& j, int64_t r0, int64_t r1, T* dump) {
+  using A = typename Acc<T>::type;
+  constexpr int N = WinogradMatrices<R>::ALPHA;
+  const WinogradShape& s = j.s;
+  const int64_t C = s.C, Tn = s.tiles();
+  for (int64_t row = r0; row < r1; ++row) {
+    const int64_t n = row / s.tiles_h, ty = row % s.tiles_h;
+    for (int64_t tx = 0; tx < s.tiles_w; ++tx) {
+      const int64_t t = row * s.tiles_w + tx;
+      T* dst[N][N];
+      for (int a = 0; a < N; ++a)
+        for (int b = 0; b < N; ++b) {
+          const int64_t iy = ty * kM - s.pad + a, ix = tx * kM - s.pad + b;
+          const bool inside = iy >= 0 && iy < s.H && ix >= 0 && ix < s.W;
+          dst[a][b] = inside ? j.out + ((n * s.H + iy) * s.W + ix) * C : dump;
+        }
+      const T* src = j.in + t * C;
+#pragma omp simd
+      for (int64_t c = 0; c < C; ++c) {
+        A z[N][N];
+        WSC_UNROLL
+        for (int a = 0; a < N; ++a)
+          WSC_UNROLL
+          for (int b = 0; b < N; ++b) z[a][b] = A(src[(a * N + b) * Tn * C + c]);
+        winograd_input_grad_tile<R, A>(z);
+        WSC_UNROLL
+        for (int a = 0; a < N; ++a)
+          WSC_UNROLL
+          for (int b = 0; b < N; ++b) dst[a][b][c] = T(A(dst[a][b][c]) + z[a][b]);
+      }
+    }
+  }
+}
+
+// w (K, C, r, r) -> V (P, C, K), for input channels [c0, c1).
+template <typename T, int R>
+WSC_ALWAYS_INLINE void weight_channels(const Job<T>& j, int64_t c0, int64_t c1) {
+  using A = typename Acc<T>::type;
+  constexpr int N = WinogradMatrices<R>::ALPHA;
+  const int64_t C = j.s.C, K = j.s.K;
+  for (int64_t c = c0; c < c1; ++c) {
+#pragma omp simd
+    for (int64_t k = 0; k < K; ++k) {
+      A g[R][R], v[N][N];
+      const T* w = j.in + (k * C + c) * R * R;
+      WSC_UNROLL
+      for (int a = 0; a < R; ++a)
+        WSC_UNROLL
+        for (int b = 0; b < R; ++b) g[a][b] = A(w[a * R + b]);
+      winograd_weight_tile<R, A>(g, v);
+      WSC_UNROLL
+      for (int a = 0; a < N; ++a)
+        WSC_UNROLL
+        for (int b = 0; b < N; ++b) j.out[((a * N + b) * C + c) * K + k] = T(v[a][b]);
+    }
+  }
+}
+
+// S (P, C, K) -> dw (K, C, r, r), for input channels [c0, c1).
+template <typename T, int R>
+WSC_ALWAYS_INLINE void weight_grad_channels(const Job<T>& j, int64_t c0, int64_t c1) {
+  using A = typename Acc<T>::type;
+  constexpr int N = WinogradMatrices<R>::ALPHA;
+  const int64_t C = j.s.C, K = j.s.K;
+  for (int64_t c = c0; c < c1; ++c) {
+#pragma omp simd
+    for (int64_t k = 0; k < K; ++k) {
+      A sv[N][N], g[R][R];
+      WSC_UNROLL
+      for (int a = 0; a < N; ++a)
+        WSC_UNROLL
+        for (int b = 0; b < N; ++b) sv[a][b] = A(j.in[((a * N + b) * C + c) * K + k]);
+      winograd_weight_grad_tile<R, A>(sv, g);
+      T* w = j.out + (k * C + c) * R * R;
+      WSC_UNROLL
+      for (int a = 0; a < R; ++a)
+        WSC_UNROLL
+        for (int b = 0; b < R; ++b) w[a * R + b] = T(g[a][b]);
+    }
+  }
+}
+
+// One function per (transform, r) taking a work range; `dump` is the calling thread's row
+// for writes outside the image (unused by the transforms that do not need one).
+enum class Op { kInput, kOutput, kGrad, kInputGrad, kWeight, kWeightGrad };
+template <typename T>
+using RangeFn = void (*)(const Job<T>&, int64_t, int64_t, T*);
+
+template <Op O, int R, typename T>
+WSC_ALWAYS_INLINE void run_range(const Job<T>& j, int64_t b, int64_t e, T* dump) {
+  if constexpr (O == Op::kInput) input_tiles<T, R>(j, b, e);
+  else if constexpr (O == Op::kOutput) output_tiles<T, R>(j, b, e, dump);
+  else if constexpr (O == Op::kGrad) grad_tiles<T, R>(j, b, e);
+  else if constexpr (O == Op::kInputGrad) input_grad_rows<T, R>(j, b, e, dump);
+  else if constexpr (O == Op::kWeight) weight_channels<T, R>(j, b, e);
+  else weight_grad_channels<T, R>(j, b, e);
+}
+
+#if defined(WSC_X86_DISPATCH)
+template <Op O, int R, typename T>
+WSC_TARGET_AVX512 void range_avx512(const Job<T>& j, int64_t b, int64_t e, T* dump) { run_range<O, R, T>(j, b, e, dump); }
+template <Op O, int R, typename T>
+WSC_TARGET_AVX2 void range_avx2(const Job<T>& j, int64_t b, int64_t e, T* dump) { run_range<O, R, T>(j, b, e, dump); }
+#endif
+template <Op O, int R, typename T>
+void range_baseline(const Job<T>& j, int64_t b, int64_t e, T* dump) { run_range<O, R, T>(j, b, e, dump); }
+
+enum class Isa { kBaseline, kAvx2, kAvx512 };
+
+Isa detect_isa() {
+#if defined(WSC_X86_DISPATCH)
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bw") &&
+      __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("fma"))
+    return Isa::kAvx512;
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return Isa::kAvx2;
+#endif
+  return Isa::kBaseline;
+}
+
+const Isa kIsa = detect_isa();
+
+template <Op O, int R, typename T>
+RangeFn<T> pick_isa() {
+#if defined(WSC_X86_DISPATCH)
+  if (kIsa == Isa::kAvx512) return range_avx512<O, R, T>;
+  if (kIsa == Isa::kAvx2) return range_avx2<O, R, T>;
+#endif
+  return range_baseline<O, R, T>;
+}
+
+template <Op O, typename T>
+RangeFn<T> pick(int r) {
+  return r == 3 ? pick_isa<O, 3, T>() : pick_isa<O, 4, T>();
+}
+
+// Below this many element-transforms a parallel region costs more than it saves.
+constexpr int64_t kParallelMin = 1 << 14;
+
+// Runs fn over [0, items) in contiguous chunks, one per thread; `width` is the channel count of
+// the dump row each thread gets.
+template <typename T>
+void parallel_ranges(RangeFn<T> fn, const Job<T>& j, int64_t items, int64_t work_per_item, int64_t width) {
+  if (items <= 0) return;
+  const bool parallel = items > 1 && items * work_per_item >= kParallelMin;
+#pragma omp parallel if (parallel)
+  {
+    std::vector<T> dump(static_cast<size_t>(width));
+#pragma omp for schedule(static)
+    for (int64_t i = 0; i < items; ++i) fn(j, i, i + 1, dump.data());
+  }
+}
+
+template <typename T>
+Job<T> make_job(const WinogradShape& s, const T* in, const T* bias, T* out, const std::vector<T>& zeros) {
+  return Job<T>{s, in, bias, out, zeros.data()};
+}
+
+}  // namespace
+
+template <typename T>
+void winograd_input_transform_cpu(const WinogradShape& s, const T* x, T* U) {
+  const std::vector<T> zeros(static_cast<size_t>(s.C), T(0));
+  parallel_ranges<T>(pick<Op::kInput, T>(s.r), make_job<T>(s, x, nullptr, U, zeros), s.tiles(), s.C, 0);
+}
+
+template <typename T>
+void winograd_output_transform_cpu(const WinogradShape& s, const T* M, const T* bias, T* y) {
+  const std::vector<T> zeros(static_cast<size_t>(s.K), T(0));
+  parallel_ranges<T>(pick<Op::kOutput, T>(s.r), make_job<T>(s, M, bias, y, zeros), s.tiles(), s.K, s.K);
+}
+
+template <typename T>
+void winograd_grad_transform_cpu(const WinogradShape& s, const T* dy, T* Yh) {
+  const std::vector<T> zeros(static_cast<size_t>(s.K), T(0));
+  parallel_ranges<T>(pick<Op::kGrad, T>(s.r), make_job<T>(s, dy, nullptr, Yh, zeros), s.tiles(), s.K, 0);
+}
+
+template <typename T>
+void winograd_input_grad_transform_cpu(const WinogradShape& s, const T* Z, T* dx) {
+  std::fill(dx, dx + s.N * s.H * s.W * s.C, T(0));
+  const RangeFn<T> fn = pick<Op::kInputGrad, T>(s.r);
+  const std::vector<T> none;
+  const Job<T> j = make_job<T>(s, Z, nullptr, dx, none);
+  const bool parallel = s.tiles() * s.C >= kParallelMin;
+  for (int64_t phase = 0; phase < 2; ++phase) {  // even tile rows, then odd ones: no two overlap
+    const int64_t per_image = (s.tiles_h - phase + 1) / 2;
+    const int64_t items = s.N * per_image;
+#pragma omp parallel if (parallel && items > 1)
+    {
+      std::vector<T> dump(static_cast<size_t>(s.C));
+#pragma omp for schedule(static)
+      for (int64_t i = 0; i < items; ++i) {
+        const int64_t row = (i / per_image) * s.tiles_h + phase + 2 * (i % per_image);
+        fn(j, row, row + 1, dump.data());
+      }
+    }
+  }
+}
+
+template <typename T>
+void winograd_weight_transform_cpu(const WinogradShape& s, const T* w, T* V) {
+  const std::vector<T> none;
+  parallel_ranges<T>(pick<Op::kWeight, T>(s.r), make_job<T>(s, w, nullptr, V, none), s.C, s.K, 0);
+}
+
+template <typename T>
+void winograd_weight_grad_transform_cpu(const WinogradShape& s, const T* S, T* dw) {
+  const std::vector<T> none;
+  parallel_ranges<T>(pick<Op::kWeightGrad, T>(s.r), make_job<T>(s, S, nullptr, dw, none), s.C, s.K, 0);
+}
+
+#define WSC_INSTANTIATE(T)                                                                     \
+  template void winograd_input_transform_cpu<T>(const WinogradShape&, const T*, T*);           \
+  template void winograd_weight_transform_cpu<T>(const WinogradShape&, const T*, T*);          \
+  template void winograd_output_transform_cpu<T>(const WinogradShape&, const T*, const T*, T*); \
+  template void winograd_grad_transform_cpu<T>(const WinogradShape&, const T*, T*);            \
+  template void winograd_input_grad_transform_cpu<T>(const WinogradShape&, const T*, T*);      \
+  template void winograd_weight_grad_transform_cpu<T>(const WinogradShape&, const T*, T*);
+WSC_INSTANTIATE(float)
+WSC_INSTANTIATE(double)
+#undef WSC_INSTANTIATE
+
+}  // namespace wsc
