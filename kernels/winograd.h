@@ -12,7 +12,8 @@
 //
 // Layouts: x, y, dy, dx are NHWC (channels_last). Transformed tensors are plane-major,
 // U (P, T, C), M and Yh (P, T, K), V and S (P, C, K), tile t = (n * tiles_h + ty) * tiles_w + tx,
-// so each plane is one row-major GEMM operand. Weights are (K, C, r, r) as in torch.
+// so each plane is one row-major GEMM operand. Weights and their gradients are (r, r, C, K)
+// (torch's (K, C, r, r) permuted by the caller), so both sides of their transforms run along K.
 #pragma once
 #include "common.h"
 #include "winograd_matrices.h"
@@ -224,6 +225,7 @@ WSC_UNROLL
 }
 
 // ---- CPU entry points (winograd_cpu.cpp), T = float or double. dx is overwritten (not added to).
+// w and dw are (r, r, C, K).
 template <typename T> void winograd_input_transform_cpu(const WinogradShape& s, const T* x, T* U);
 template <typename T> void winograd_weight_transform_cpu(const WinogradShape& s, const T* w, T* V);
 template <typename T> void winograd_output_transform_cpu(const WinogradShape& s, const T* M, const T* bias, T* y);

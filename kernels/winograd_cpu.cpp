@@ -188,50 +188,53 @@ WSC_ALWAYS_INLINE void input_grad_rows(const Job<T>& j, int64_t r0, int64_t r1, 
   }
 }
 
-// w (K, C, r, r) -> V (P, C, K), for input channels [c0, c1).
+// w (r, r, C, K) -> V (P, C, K), for input channels [c0, c1). The caller permutes torch's
+// (K, C, r, r) weights to (r, r, C, K) so that loads and stores both run along K.
 template <typename T, int R>
 WSC_ALWAYS_INLINE void weight_channels(const Job<T>& j, int64_t c0, int64_t c1) {
   using A = typename Acc<T>::type;
   constexpr int N = WinogradMatrices<R>::ALPHA;
   const int64_t C = j.s.C, K = j.s.K;
   for (int64_t c = c0; c < c1; ++c) {
+    const T* w = j.in + c * K;
+    T* v = j.out + c * K;
 #pragma omp simd
     for (int64_t k = 0; k < K; ++k) {
-      A g[R][R], v[N][N];
-      const T* w = j.in + (k * C + c) * R * R;
+      A g[R][R], t[N][N];
       WSC_UNROLL
       for (int a = 0; a < R; ++a)
         WSC_UNROLL
-        for (int b = 0; b < R; ++b) g[a][b] = A(w[a * R + b]);
-      winograd_weight_tile<R, A>(g, v);
+        for (int b = 0; b < R; ++b) g[a][b] = A(w[(a * R + b) * C * K + k]);
+      winograd_weight_tile<R, A>(g, t);
       WSC_UNROLL
       for (int a = 0; a < N; ++a)
         WSC_UNROLL
-        for (int b = 0; b < N; ++b) j.out[((a * N + b) * C + c) * K + k] = T(v[a][b]);
+        for (int b = 0; b < N; ++b) v[(a * N + b) * C * K + k] = T(t[a][b]);
     }
   }
 }
 
-// S (P, C, K) -> dw (K, C, r, r), for input channels [c0, c1).
+// S (P, C, K) -> dw (r, r, C, K), for input channels [c0, c1) (the caller permutes to torch's).
 template <typename T, int R>
 WSC_ALWAYS_INLINE void weight_grad_channels(const Job<T>& j, int64_t c0, int64_t c1) {
   using A = typename Acc<T>::type;
   constexpr int N = WinogradMatrices<R>::ALPHA;
   const int64_t C = j.s.C, K = j.s.K;
   for (int64_t c = c0; c < c1; ++c) {
+    const T* sp = j.in + c * K;
+    T* w = j.out + c * K;
 #pragma omp simd
     for (int64_t k = 0; k < K; ++k) {
       A sv[N][N], g[R][R];
       WSC_UNROLL
       for (int a = 0; a < N; ++a)
         WSC_UNROLL
-        for (int b = 0; b < N; ++b) sv[a][b] = A(j.in[((a * N + b) * C + c) * K + k]);
+        for (int b = 0; b < N; ++b) sv[a][b] = A(sp[(a * N + b) * C * K + k]);
       winograd_weight_grad_tile<R, A>(sv, g);
-      T* w = j.out + (k * C + c) * R * R;
       WSC_UNROLL
       for (int a = 0; a < R; ++a)
         WSC_UNROLL
-        for (int b = 0; b < R; ++b) w[a * R + b] = T(g[a][b]);
+        for (int b = 0; b < R; ++b) w[(a * R + b) * C * K + k] = T(g[a][b]);
     }
   }
 }

@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..nn.conv import Conv2d
+
 LEAK = 0.2
 
 
@@ -26,13 +28,13 @@ class PatchDiscriminator(nn.Module):
         for i in range(num_layers):
             cout = min(base_channels * 2 ** i, max_channels)
             stride = 2 if i < num_layers - 1 else 1
-            block = [nn.Conv2d(cin, cout, 4, stride=stride, padding=1)]
+            block = [Conv2d(cin, cout, 4, stride=stride, padding=1)]
             if i > 0:  # no norm on the first layer (pix2pixHD)
                 block.append(nn.InstanceNorm2d(cout))
             block.append(nn.LeakyReLU(LEAK))
             layers.append(nn.Sequential(*block))
             cin = cout
-        layers.append(nn.Conv2d(cin, 1, 4, stride=1, padding=1))
+        layers.append(Conv2d(cin, 1, 4, stride=1, padding=1))
         self.layers = nn.ModuleList(layers)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
@@ -90,7 +92,7 @@ class IdentityAdversary(nn.Module):
         _positive_int("id_dim", id_dim)
         self.code_channels = code_channels
         self.convs = nn.Sequential(
-            nn.Conv2d(code_channels, hidden, 3, padding=1), nn.LeakyReLU(LEAK),
+            Conv2d(code_channels, hidden, 3, padding=1), nn.LeakyReLU(LEAK),
             nn.Conv2d(hidden, hidden, 4, stride=2, padding=1), nn.LeakyReLU(LEAK),
             nn.Conv2d(hidden, hidden, 4, stride=2, padding=1), nn.LeakyReLU(LEAK),
         )

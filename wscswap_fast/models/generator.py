@@ -27,7 +27,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import ops
-from ..nn import AIN
+from ..nn import AIN, Conv2d
+from ..nn import set_backend as set_conv_backend
 from ..ops.ain import reference as ain_reference
 from ..ops.blend import reference as blend_reference
 from ..pipeline.masks import dilate_mask
@@ -118,7 +119,7 @@ class GeneratorOutput(NamedTuple):
 
 
 def _conv(cin: int, cout: int, stride: int = 1, bias: bool = True) -> nn.Conv2d:
-    return nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=bias)
+    return Conv2d(cin, cout, 3, stride=stride, padding=1, bias=bias)
 
 
 class _AIN(AIN):
@@ -282,6 +283,7 @@ class Generator(nn.Module):
         if name not in choices:
             raise ValueError(f"backend must be one of {choices}, got {name!r}")
         self.backend = name
+        set_conv_backend(self, name)  # its 3x3 convolutions (Winograd where it pays)
         return self
 
     def _check(self, xt, mt, z_id=None):

@@ -1,4 +1,5 @@
 """Layers built on the fused ops."""
 from .ain import AIN
+from .conv import Conv2d, set_backend
 
-__all__ = ["AIN"]
+__all__ = ["AIN", "Conv2d", "set_backend"]

@@ -107,7 +107,7 @@ def _transform_input(kern, x_cl, g):
 
 def _transform_weight(kern, weight, g):
     v = weight.new_empty((g.planes, g.c, g.k))
-    kern.call("weight_transform", weight.contiguous(), v, g.dims)
+    kern.call("weight_transform", weight.permute(2, 3, 1, 0).contiguous(), v, g.dims)  # (r, r, C, K)
     return v
 
 
@@ -129,16 +129,18 @@ def _forward(x, weight, bias, padding, backend):
 
 def _backward(grad, x, weight, padding, need_input, need_weight, need_bias, backend):
     """(grad_input, grad_weight, grad_bias), each an empty tensor when not asked for."""
-    empty = x.new_empty(0)
-    grad_bias = grad.sum(dim=(0, 2, 3)) if need_bias else empty
+    def empty():  # a new one per slot: custom op outputs must not alias each other
+        return x.new_empty(0)
+
+    grad_bias = grad.sum(dim=(0, 2, 3)) if need_bias else empty()
     if backend == "reference":
         grad_input, grad_weight, _ = torch.ops.aten.convolution_backward(
             grad, x, weight, None, (1, 1), (padding, padding), (1, 1), False, (0, 0), 1,
             (need_input, need_weight, False))
-        return (grad_input.contiguous(memory_format=memory_format(x)) if need_input else empty,
-                grad_weight if need_weight else empty, grad_bias)
+        return (grad_input.contiguous(memory_format=memory_format(x)) if need_input else empty(),
+                grad_weight if need_weight else empty(), grad_bias)
     g = Geometry(x.shape, weight.shape, padding)
-    grad_input = grad_weight = empty
+    grad_input, grad_weight = empty(), empty()
     with on_device(x.device):
         kern = _Kernels(backend, x.device)
         yh = grad.new_empty((g.planes, g.tiles, g.k))
@@ -147,8 +149,9 @@ def _backward(grad, x, weight, padding, need_input, need_weight, need_bias, back
             u = _transform_input(kern, x.contiguous(memory_format=torch.channels_last), g)
             s = torch.bmm(u.transpose(1, 2), yh)  # (P, C, T) @ (P, T, K): summed over tiles
             del u
-            grad_weight = torch.empty_like(weight, memory_format=torch.contiguous_format)
+            grad_weight = weight.new_empty((g.r, g.r, g.c, g.k))
             kern.call("weight_grad_transform", s, grad_weight, g.dims)
+            grad_weight = grad_weight.permute(3, 2, 0, 1).contiguous()  # (K, C, r, r)
             del s
         if need_input:
             v = _transform_weight(kern, weight, g)
@@ -181,10 +184,9 @@ def _conv_backward_op(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
 
 @_conv_backward_op.register_fake
 def _(grad, x, weight, padding, need_input, need_weight, need_bias, backend):
-    empty = x.new_empty(0)
-    return (torch.empty_like(x, memory_format=memory_format(x)) if need_input else empty,
-            torch.empty_like(weight, memory_format=torch.contiguous_format) if need_weight else empty,
-            weight.new_empty(weight.shape[0]) if need_bias else empty)
+    return (torch.empty_like(x, memory_format=memory_format(x)) if need_input else x.new_empty(0),
+            torch.empty_like(weight, memory_format=torch.contiguous_format) if need_weight else x.new_empty(0),
+            weight.new_empty(weight.shape[0]) if need_bias else x.new_empty(0))
 
 
 def _setup_context(ctx, inputs, output):
