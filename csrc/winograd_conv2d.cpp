@@ -12,7 +12,7 @@ enum Transform { kInput, kWeight, kOutput, kGrad, kInputGrad, kWeightGrad };
 wsc::WinogradShape shape_of(const std::vector<int64_t>& dims) {
   TORCH_CHECK(dims.size() == 7, "winograd: shape must be [N, H, W, C, K, pad, r]");
   const int64_t r = dims[6], pad = dims[5];
-  TORCH_CHECK(r == 3 || r == 4, "winograd: kernel size must be 3 or 4, got ", r);
+  TORCH_CHECK(r >= 2 && r <= 4, "winograd: kernel size must be 2, 3 or 4, got ", r);
   TORCH_CHECK(pad >= 0 && pad < r, "winograd: padding must be in [0, ", r, "), got ", pad);
   for (int i = 0; i < 5; ++i) TORCH_CHECK(dims[i] >= 0, "winograd: negative size in ", dims);
   const auto s = wsc::winograd_shape(dims[0], dims[1], dims[2], dims[3], dims[4], pad, static_cast<int>(r));

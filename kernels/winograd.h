@@ -1,4 +1,4 @@
-// Winograd convolution F(4x4, r x r), r = 3 or 4, stride 1, zero padding: the transforms around
+// Winograd convolution F(4x4, r x r), r = 2, 3 or 4, stride 1, zero padding: the transforms around
 // the batched GEMMs of ops.winograd_conv2d. Shared by the CPU loops and the CUDA kernels.
 //
 // Per 4x4 output tile (alpha = 4 + r - 1 input rows/columns, P = alpha^2 "planes"):
@@ -35,7 +35,7 @@ struct WinogradShape {
   int64_t N, H, W, C;  // input
   int64_t K;           // output channels
   int64_t pad;         // zero padding on every side, 0 <= pad < r
-  int r;               // kernel size, 3 or 4
+  int r;               // kernel size, 2, 3 or 4
   int64_t Ho, Wo;      // output size: H + 2*pad - r + 1
   int64_t tiles_h, tiles_w;
   int alpha() const { return kWinogradTile + r - 1; }

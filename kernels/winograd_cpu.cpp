@@ -290,7 +290,7 @@ RangeFn<T> pick_isa() {
 
 template <Op O, typename T>
 RangeFn<T> pick(int r) {
-  return r == 3 ? pick_isa<O, 3, T>() : pick_isa<O, 4, T>();
+  return r == 2 ? pick_isa<O, 2, T>() : r == 3 ? pick_isa<O, 3, T>() : pick_isa<O, 4, T>();
 }
 
 // Below this many element-transforms a parallel region costs more than it saves.

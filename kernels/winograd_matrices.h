@@ -8,6 +8,38 @@ namespace wsc {
 template <int R>
 struct WinogradMatrices;
 
+// F(4x4, 2x2): alpha = 5, points {0, 1, -1, 1/2, inf}
+template <>
+struct WinogradMatrices<2> {
+  static constexpr int M = 4, R = 2, ALPHA = 5;
+  WSC_HD static constexpr double at(int i, int j) {
+    constexpr double v[4][5] = {
+        {1.0, 1.0, 1.0, 1.0, 0.0},
+        {0.0, 1.0, -1.0, 1.0 / 2.0, 0.0},
+        {0.0, 1.0, 1.0, 1.0 / 4.0, 0.0},
+        {0.0, 1.0, -1.0, 1.0 / 8.0, 1.0}};
+    return v[i][j];
+  }
+  WSC_HD static constexpr double g(int i, int j) {
+    constexpr double v[5][2] = {
+        {2.0, 0.0},
+        {1.0, 1.0},
+        {-1.0 / 3.0, 1.0 / 3.0},
+        {-8.0 / 3.0, -4.0 / 3.0},
+        {0.0, 1.0}};
+    return v[i][j];
+  }
+  WSC_HD static constexpr double bt(int i, int j) {
+    constexpr double v[5][5] = {
+        {1.0 / 2.0, -1.0, -1.0 / 2.0, 1.0, 0.0},
+        {0.0, -1.0 / 2.0, 1.0 / 2.0, 1.0, 0.0},
+        {0.0, 1.0 / 2.0, -3.0 / 2.0, 1.0, 0.0},
+        {0.0, -1.0, 0.0, 1.0, 0.0},
+        {0.0, 1.0 / 2.0, -1.0, -1.0 / 2.0, 1.0}};
+    return v[i][j];
+  }
+};
+
 // F(4x4, 3x3): alpha = 6, points {0, 1, -1, 2, -1/2, inf}
 template <>
 struct WinogradMatrices<3> {

@@ -7,12 +7,14 @@ F(m, r), exact rationals from Toom-Cook interpolation, for the tiles ops.winogra
 alpha = m + r - 1 inputs. AT (m x alpha) evaluates at the points, G (alpha x r) is the filter's
 Lagrange-weighted evaluation, and BT (alpha x alpha) is solved exactly from the identity above
 (every basis pair d = e_a, g = e_b). The points (and infinity) were chosen by the fp32 error of
-a 2-D convolution against float64: F(4,3) with {0, 1, -1, 2, -1/2} and F(4,4) with
-{0, 1, -1, 2, -2, 1/2} give ~1e-6 and ~2.5e-6 relative (direct fp32: ~3e-7).
+a 2-D convolution against float64: F(4,2) with {0, 1, -1, 1/2}, F(4,3) with {0, 1, -1, 2, -1/2}
+and F(4,4) with {0, 1, -1, 2, -2, 1/2} give ~1e-6, ~1e-6 and ~2.5e-6 relative (direct fp32:
+~2e-7). r = 2 serves the 4x4 stride-2 convolutions after a space-to-depth rearrangement.
 """
 from fractions import Fraction as Fr
 
 TILES = {  # r: (m, finite points)
+    2: (4, [Fr(0), Fr(1), Fr(-1), Fr(1, 2)]),
     3: (4, [Fr(0), Fr(1), Fr(-1), Fr(2), Fr(-1, 2)]),
     4: (4, [Fr(0), Fr(1), Fr(-1), Fr(2), Fr(-2), Fr(1, 2)]),
 }

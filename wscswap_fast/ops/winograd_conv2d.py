@@ -1,10 +1,17 @@
-"""Winograd convolution: a stride-1 3x3 or 4x4 convolution with zero padding as three
-transforms around batched GEMMs, F(4x4, rxr) (kernels/winograd.h has the algebra).
+"""Winograd convolution: a 2x2, 3x3 or 4x4 convolution with zero padding as three transforms
+around batched GEMMs, F(4x4, rxr) (kernels/winograd.h has the algebra).
 
-    y = conv2d(x, weight, bias, padding)      x (N, C, H, W), weight (K, C, r, r), r in {3, 4}
+    y = conv2d(x, weight, bias, padding, stride)    x (N, C, H, W), weight (K, C, r, r), r in {2, 3, 4}
+
+Stride 2 (4x4 kernels, the PatchGAN's downsampling layers) is a space-to-depth rearrangement:
+each of the 4 phases (row parity, column parity) of the padded input becomes a channel group, and
+the 4x4 stride-2 convolution is a 2x2 stride-1 one over 4C channels, which Winograd F(4x4, 2x2)
+serves (2.56x fewer multiplies). The rearrangement is plain tensor reshaping, differentiated by
+autograd.
 
 A direct convolution does r*r multiply-adds per output and channel pair; Winograd does
-alpha^2 / 16 of them (alpha = r + 3): 2.25 instead of 9 for 3x3, 3.06 instead of 16 for 4x4,
+alpha^2 / 16 of them (alpha = r + 3): 1.56 instead of 4 for 2x2, 2.25 instead of 9 for 3x3,
+3.06 instead of 16 for 4x4,
 as P = alpha^2 independent GEMMs (T tiles x C) @ (C x K), which run at the machine's GEMM rate.
 The transforms around them are memory-bound passes over (P/16)x the input and output. These are
 the convolutions that dominate a training step: the PatchGAN's 256->512 4x4 layer, the
@@ -14,8 +21,8 @@ Backward is the transpose of the same algebra: the gradient transform A dy AT fe
 input gradient (GEMM with the transformed weights, then B Z BT added over overlapping tiles)
 and the weight gradient (GEMM with the transformed input over all tiles, then GT S G).
 
-Accuracy: fp32 results differ from a direct fp32 convolution by ~1e-6 (3x3) and ~2.5e-6 (4x4)
-of the output's norm (direct fp32 itself: ~3e-7); the tests hold every backend to 1e-5 of a
+Accuracy: fp32 results differ from a direct fp32 convolution by ~1e-6 (2x2, 3x3) and ~2.5e-6
+(4x4) of the output's norm (direct fp32 itself: ~3e-7); the tests hold every backend to 1e-5 of a
 float64 reference.
 
 Backends: cuda (our transform kernels + cuBLAS), triton (Triton transforms + cuBLAS), cpu (C++
@@ -30,18 +37,23 @@ from .._ext import extension
 from . import _checks
 from ._backends import cuda_stream, on_device, resolve
 
-KERNEL_SIZES = (3, 4)
+KERNEL_SIZES = (2, 3, 4)
+STRIDE2_KERNEL_SIZES = (4,)  # even kernels: space-to-depth to a stride-1 kernel of half the size
 TILE = 4  # outputs per tile side (kernels/winograd.h kWinogradTile)
 FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 SUPPORTED = {"cpu": (torch.float32, torch.float64), "reference": FLOAT_DTYPES, "*": (torch.float32,)}
 
 
-def reference(x, weight, bias=None, padding: int = 1):
+def reference(x, weight, bias=None, padding: int = 1, stride: int = 1):
     """The definition every backend is tested against."""
-    return F.conv2d(x, weight, bias, padding=padding)
+    return F.conv2d(x, weight, bias, stride=stride, padding=padding)
 
 
-def check_inputs(x, weight, bias, padding) -> None:
+def output_size(size: int, r: int, padding: int, stride: int) -> int:
+    return (size + 2 * padding - r) // stride + 1
+
+
+def check_inputs(x, weight, bias, padding, stride=1) -> None:
     """Validate once, here: every backend may assume what this guarantees."""
     _checks.tensor("input", x, dims=4, dtypes=FLOAT_DTYPES)
     _checks.tensor("weight", weight, dims=4, device=x.device)
@@ -59,9 +71,14 @@ def check_inputs(x, weight, bias, padding) -> None:
             raise TypeError(f"bias must have input's dtype {x.dtype}, got {_checks.describe(bias)}")
     if not isinstance(padding, int) or isinstance(padding, bool) or not 0 <= padding < kh:
         raise ValueError(f"padding must be an int in [0, {kh}) for a {kh}x{kh} kernel, got {padding!r}")
-    ho, wo = (s + 2 * padding - kh + 1 for s in x.shape[2:])
+    if stride not in (1, 2) or isinstance(stride, bool):
+        raise ValueError(f"stride must be 1 or 2, got {stride!r}")
+    if stride == 2 and kh not in STRIDE2_KERNEL_SIZES:
+        raise ValueError(f"stride 2 needs a kernel size in {STRIDE2_KERNEL_SIZES}, got a {kh}x{kh} weight")
+    ho, wo = (output_size(s, kh, padding, stride) for s in x.shape[2:])
     if ho < 1 or wo < 1:
-        raise ValueError(f"input is too small for a {kh}x{kh} kernel with padding {padding}: the output would be "
+        raise ValueError(f"input is too small for a {kh}x{kh} kernel with padding {padding}, stride {stride}: the "
+                         f"output would be "
                          f"{ho}x{wo} ({_checks.describe(x)})")
 
 
@@ -212,20 +229,45 @@ def _pick(backend: str, device: torch.device, dtype: torch.dtype) -> str:
     return resolve("winograd_conv2d", backend, device, {"input": dtype}, SUPPORTED)
 
 
+def _space_to_depth(x, weight, padding):
+    """A stride-2 convolution of x as a stride-1 one: (x', w') with x' (N, 4C, Hp/2, Wp/2) the
+    phases of the zero-padded input (channel (pa, pb, c) = xpad[c, 2i+pa, 2j+pb]) in
+    channels_last, and w' (K, 4C, r/2, r/2) with w'[k, (pa, pb, c), a, b] = w[k, c, 2a+pa, 2b+pb].
+    An odd padded size gets one more zero row/column (it only adds outputs that are cut off)."""
+    n, c, h, w = x.shape
+    k, _, r, _ = weight.shape
+    hp, wp = h + 2 * padding, w + 2 * padding
+    xp = F.pad(x, (padding, padding + wp % 2, padding, padding + hp % 2))
+    h2, w2 = xp.shape[2] // 2, xp.shape[3] // 2
+    nhwc = xp.permute(0, 2, 3, 1).reshape(n, h2, 2, w2, 2, c).permute(0, 1, 3, 2, 4, 5).reshape(n, h2, w2, 4 * c)
+    ws = weight.reshape(k, c, r // 2, 2, r // 2, 2).permute(0, 3, 5, 1, 2, 4).reshape(k, 4 * c, r // 2, r // 2)
+    return nhwc.permute(0, 3, 1, 2), ws
+
+
 def winograd_conv2d(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, padding: int = 1,
-                    *, backend: str = "auto") -> torch.Tensor:
-    """``F.conv2d(input, weight, bias, padding=padding)`` for stride 1, 3x3 or 4x4 kernels, by
-    Winograd F(4x4, rxr).
+                    stride: int = 1, *, backend: str = "auto") -> torch.Tensor:
+    """``F.conv2d(input, weight, bias, stride=stride, padding=padding)`` by Winograd F(4x4, rxr):
+    stride 1 with 2x2, 3x3 or 4x4 kernels, stride 2 with 4x4 kernels.
 
     Args:
         input: (N, C, H, W), fp32 (fp64 on cpu/reference; fp16/bf16 on reference only).
-        weight: (K, C, r, r), r = 3 or 4, input's dtype.
+        weight: (K, C, r, r), r in (2, 3, 4), input's dtype.
         bias: (K,) or None.
         padding: zero padding on every side, 0 <= padding < r.
+        stride: 1, or 2 for a 4x4 kernel.
         backend: 'auto', 'cuda', 'triton', 'cpu' or 'reference' (default: WSCSWAP_BACKEND or 'auto').
 
-    Returns (N, K, H + 2*padding - r + 1, W + 2*padding - r + 1) in input's memory format.
-    Differentiable in input, weight and bias.
+    Returns (N, K, (H + 2*padding - r) // stride + 1, (W + ...) // stride + 1) in input's memory
+    format. Differentiable in input, weight and bias.
     """
-    check_inputs(input, weight, bias, padding)
-    return _conv_op(input, weight, bias, padding, _pick(backend, input.device, input.dtype))
+    check_inputs(input, weight, bias, padding, stride)
+    backend = _pick(backend, input.device, input.dtype)
+    if stride == 1:
+        return _conv_op(input, weight, bias, padding, backend)
+    if backend == "reference":
+        return reference(input, weight, bias, padding, stride).contiguous(memory_format=memory_format(input))
+    r = weight.shape[2]
+    ho, wo = (output_size(s, r, padding, stride) for s in input.shape[2:])
+    xs, ws = _space_to_depth(input, weight, padding)
+    y = _conv_op(xs, ws, bias, 0, backend)[:, :, :ho, :wo]
+    return y.contiguous(memory_format=memory_format(input))
