@@ -86,13 +86,13 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "distance, norm, reduction -> loss, with a C++ autograd node (backward: landmark_loss_backward)");
   // Winograd F(4x4, rxr) transforms; shape = [N, H, W, C, K, pad, r] (see kernels/winograd.h)
   m.def("winograd_input_transform", &wsc_binding::winograd_input_transform, "x (NHWC), U (P,T,C), shape, stream");
-  m.def("winograd_weight_transform", &wsc_binding::winograd_weight_transform, "w (r,r,C,K), V (P,C,K), shape, stream");
+  m.def("winograd_weight_transform", &wsc_binding::winograd_weight_transform, "w (K,C,r,r), V (P,C,K), shape, stream");
   m.def("winograd_output_transform", &wsc_binding::winograd_output_transform,
         "M (P,T,K), bias (K) or None, y (NHWC), shape, stream");
   m.def("winograd_grad_transform", &wsc_binding::winograd_grad_transform, "dy (NHWC), Yh (P,T,K), shape, stream");
   m.def("winograd_input_grad_transform", &wsc_binding::winograd_input_grad_transform,
         "Z (P,T,C), dx (NHWC, overwritten), shape, stream");
   m.def("winograd_weight_grad_transform", &wsc_binding::winograd_weight_grad_transform,
-        "S (P,C,K), dw (r,r,C,K), shape, stream");
+        "S (P,C,K), dw (K,C,r,r), shape, stream");
   m.def("feather_masks", &wsc_binding::feather_masks, "masks, out, scratch, kernel, feather, stream");
 }

@@ -20,40 +20,46 @@ wsc::WinogradShape shape_of(const std::vector<int64_t>& dims) {
   return s;
 }
 
-// Elements of each operand of a transform, in the kernels' layouts.
-int64_t input_numel(const wsc::WinogradShape& s) { return s.N * s.H * s.W * s.C; }
-int64_t output_numel(const wsc::WinogradShape& s) { return s.N * s.Ho * s.Wo * s.K; }
-
-void check_operand(const at::Tensor& t, const at::Tensor& like, int64_t numel, const char* name) {
+// An image (N, C, H, W) dense in channels_last (NHWC), or a dense (K, C, r, r) weight: checked by
+// element count and density.
+void check_dense(const at::Tensor& t, const at::Tensor& like, int64_t numel, const char* name) {
   WSC_CHECK_TENSOR(t, like.device(), like.scalar_type());
   TORCH_CHECK(t.numel() == numel, "winograd: ", name, " must have ", numel, " elements, got ", t.numel());
-  // NHWC tensors arrive as channels_last (N, C, H, W); the rest are plain contiguous buffers
   const bool dense = t.is_contiguous() || (t.dim() == 4 && t.is_contiguous(at::MemoryFormat::ChannelsLast));
   TORCH_CHECK(dense, "winograd: ", name, " must be dense (contiguous, or channels_last for images)");
+}
+
+// A contiguous plane-major operand (P, rows', cols), rows' >= rows (rows past `rows` are padding
+// the kernels neither read nor write); returns its plane stride rows' * cols.
+int64_t check_planes(const at::Tensor& t, const at::Tensor& like, int64_t P, int64_t rows, int64_t cols,
+                     const char* name) {
+  WSC_CHECK_TENSOR(t, like.device(), like.scalar_type());
+  TORCH_CHECK(t.dim() == 3 && t.size(0) == P && t.size(1) >= rows && t.size(2) == cols, "winograd: ", name,
+              " must be (", P, ", >= ", rows, ", ", cols, "), got ", t.sizes());
+  TORCH_CHECK(t.is_contiguous(), "winograd: ", name, " must be contiguous");
+  return t.size(1) * cols;
 }
 
 void run(Transform which, const at::Tensor& in, const c10::optional<at::Tensor>& bias, const at::Tensor& out,
          const std::vector<int64_t>& dims, int64_t stream) {
   const auto s = shape_of(dims);
-  const int64_t P = s.planes(), T = s.tiles();
-  int64_t in_n = 0, out_n = 0;
-  switch (which) {
-    case kInput: in_n = input_numel(s); out_n = P * T * s.C; break;
-    case kWeight: in_n = s.K * s.C * s.r * s.r; out_n = P * s.C * s.K; break;
-    case kOutput: in_n = P * T * s.K; out_n = output_numel(s); break;
-    case kGrad: in_n = output_numel(s); out_n = P * T * s.K; break;
-    case kInputGrad: in_n = P * T * s.C; out_n = input_numel(s); break;
-    case kWeightGrad: in_n = P * s.C * s.K; out_n = s.K * s.C * s.r * s.r; break;
-  }
+  const int64_t P = s.planes(), T = s.tiles(), C = s.C, K = s.K, rr = int64_t(s.r) * s.r;
   TORCH_CHECK(in.scalar_type() == at::kFloat || (in.scalar_type() == at::kDouble && !in.is_cuda()),
               "winograd: dtype must be float32 (or float64 on the CPU), got ", in.scalar_type());
-  check_operand(in, in, in_n, "input operand");
-  check_operand(out, in, out_n, "output operand");
+  int64_t ps = 0;
+  switch (which) {
+    case kInput: check_dense(in, in, s.N * s.H * s.W * C, "x"); ps = check_planes(out, in, P, T, C, "U"); break;
+    case kWeight: check_dense(in, in, rr * C * K, "w"); ps = check_planes(out, in, P, C, K, "V"); break;
+    case kOutput: ps = check_planes(in, in, P, T, K, "M"); check_dense(out, in, s.N * s.Ho * s.Wo * K, "y"); break;
+    case kGrad: check_dense(in, in, s.N * s.Ho * s.Wo * K, "dy"); ps = check_planes(out, in, P, T, K, "Yh"); break;
+    case kInputGrad: ps = check_planes(in, in, P, T, C, "Z"); check_dense(out, in, s.N * s.H * s.W * C, "dx"); break;
+    case kWeightGrad: ps = check_planes(in, in, P, C, K, "S"); check_dense(out, in, rr * C * K, "dw"); break;
+  }
   if (bias) {
     TORCH_CHECK(which == kOutput, "winograd: only the output transform takes a bias");
-    check_operand(*bias, in, s.K, "bias");
+    check_dense(*bias, in, K, "bias");
   }
-  if (out_n == 0 || in_n == 0) return;  // an empty operand leaves an empty result
+  if (in.numel() == 0 || out.numel() == 0) return;  // an empty operand leaves an empty result
   AT_DISPATCH_FLOATING_TYPES(in.scalar_type(), "winograd", [&] {
     const scalar_t* src = in.data_ptr<scalar_t>();
     const scalar_t* b = bias ? bias->data_ptr<scalar_t>() : nullptr;
@@ -63,12 +69,12 @@ void run(Transform which, const at::Tensor& in, const c10::optional<at::Tensor>&
       if constexpr (std::is_same_v<scalar_t, float>) {
         void* st = as_stream(stream);
         switch (which) {
-          case kInput: wsc::winograd_input_transform_cuda(s, src, dst, st); break;
-          case kWeight: wsc::winograd_weight_transform_cuda(s, src, dst, st); break;
-          case kOutput: wsc::winograd_output_transform_cuda(s, src, b, dst, st); break;
-          case kGrad: wsc::winograd_grad_transform_cuda(s, src, dst, st); break;
-          case kInputGrad: wsc::winograd_input_grad_transform_cuda(s, src, dst, st); break;
-          case kWeightGrad: wsc::winograd_weight_grad_transform_cuda(s, src, dst, st); break;
+          case kInput: wsc::winograd_input_transform_cuda(s, src, dst, ps, st); break;
+          case kWeight: wsc::winograd_weight_transform_cuda(s, src, dst, ps, st); break;
+          case kOutput: wsc::winograd_output_transform_cuda(s, src, ps, b, dst, st); break;
+          case kGrad: wsc::winograd_grad_transform_cuda(s, src, dst, ps, st); break;
+          case kInputGrad: wsc::winograd_input_grad_transform_cuda(s, src, ps, dst, st); break;
+          case kWeightGrad: wsc::winograd_weight_grad_transform_cuda(s, src, ps, dst, st); break;
         }
       }
 #else
@@ -76,12 +82,12 @@ void run(Transform which, const at::Tensor& in, const c10::optional<at::Tensor>&
 #endif
     } else {
       switch (which) {
-        case kInput: wsc::winograd_input_transform_cpu(s, src, dst); break;
-        case kWeight: wsc::winograd_weight_transform_cpu(s, src, dst); break;
-        case kOutput: wsc::winograd_output_transform_cpu(s, src, b, dst); break;
-        case kGrad: wsc::winograd_grad_transform_cpu(s, src, dst); break;
-        case kInputGrad: wsc::winograd_input_grad_transform_cpu(s, src, dst); break;
-        case kWeightGrad: wsc::winograd_weight_grad_transform_cpu(s, src, dst); break;
+        case kInput: wsc::winograd_input_transform_cpu(s, src, dst, ps); break;
+        case kWeight: wsc::winograd_weight_transform_cpu(s, src, dst, ps); break;
+        case kOutput: wsc::winograd_output_transform_cpu(s, src, ps, b, dst); break;
+        case kGrad: wsc::winograd_grad_transform_cpu(s, src, dst, ps); break;
+        case kInputGrad: wsc::winograd_input_grad_transform_cpu(s, src, ps, dst); break;
+        case kWeightGrad: wsc::winograd_weight_grad_transform_cpu(s, src, ps, dst); break;
       }
     }
   });

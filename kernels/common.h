@@ -9,6 +9,15 @@
 #else
 #define WSC_HD inline
 #endif
+// Also inlined by the host compiler whatever its size heuristics say: per-element math that a
+// CPU loop must inline to vectorise (a call in an `omp simd` loop body stops vectorisation).
+#if defined(__CUDACC__)
+#define WSC_HD_INLINE __host__ __device__ __forceinline__
+#elif defined(__GNUC__)
+#define WSC_HD_INLINE inline __attribute__((always_inline))
+#else
+#define WSC_HD_INLINE inline
+#endif
 
 namespace wsc {
 

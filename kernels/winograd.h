@@ -12,8 +12,11 @@
 //
 // Layouts: x, y, dy, dx are NHWC (channels_last). Transformed tensors are plane-major,
 // U (P, T, C), M and Yh (P, T, K), V and S (P, C, K), tile t = (n * tiles_h + ty) * tiles_w + tx,
-// so each plane is one row-major GEMM operand. Weights and their gradients are (r, r, C, K)
-// (torch's (K, C, r, r) permuted by the caller), so both sides of their transforms run along K.
+// so each plane is one row-major GEMM operand. Planes are `ps` elements apart (ps >= the plane's
+// size): a tile's P values of one channel sit a plane apart, and when that distance is a multiple
+// of 4 KiB every one maps to the same cache set, so the caller pads it (measured: up to 30x
+// slower transforms on power-of-two sizes). Weights and their gradients are (K, C, r, r) as in
+// torch.
 #pragma once
 #include "common.h"
 #include "winograd_matrices.h"
@@ -55,7 +58,7 @@ inline WinogradShape winograd_shape(int64_t N, int64_t H, int64_t W, int64_t C, 
 
 // d (alpha x alpha) -> BT d B, in place.
 template <int R, typename A>
-WSC_HD void winograd_input_tile(A (&d)[WinogradMatrices<R>::ALPHA][WinogradMatrices<R>::ALPHA]) {
+WSC_HD_INLINE void winograd_input_tile(A (&d)[WinogradMatrices<R>::ALPHA][WinogradMatrices<R>::ALPHA]) {
   using W = WinogradMatrices<R>;
   constexpr int N = W::ALPHA;
   A t[N][N];
@@ -83,7 +86,7 @@ WSC_UNROLL
 
 // m (alpha x alpha) -> AT m A (4 x 4).
 template <int R, typename A>
-WSC_HD void winograd_output_tile(const A (&m)[WinogradMatrices<R>::ALPHA][WinogradMatrices<R>::ALPHA],
+WSC_HD_INLINE void winograd_output_tile(const A (&m)[WinogradMatrices<R>::ALPHA][WinogradMatrices<R>::ALPHA],
                                  A (&y)[kWinogradTile][kWinogradTile]) {
   using W = WinogradMatrices<R>;
   constexpr int N = W::ALPHA, T = kWinogradTile;
@@ -112,7 +115,7 @@ WSC_UNROLL
 
 // dy (4 x 4) -> A dy AT (alpha x alpha): the transpose of winograd_output_tile.
 template <int R, typename A>
-WSC_HD void winograd_grad_tile(const A (&g)[kWinogradTile][kWinogradTile],
+WSC_HD_INLINE void winograd_grad_tile(const A (&g)[kWinogradTile][kWinogradTile],
                                A (&out)[WinogradMatrices<R>::ALPHA][WinogradMatrices<R>::ALPHA]) {
   using W = WinogradMatrices<R>;
   constexpr int N = W::ALPHA, T = kWinogradTile;
@@ -141,7 +144,7 @@ WSC_UNROLL
 
 // z (alpha x alpha) -> B z BT, in place: the transpose of winograd_input_tile.
 template <int R, typename A>
-WSC_HD void winograd_input_grad_tile(A (&z)[WinogradMatrices<R>::ALPHA][WinogradMatrices<R>::ALPHA]) {
+WSC_HD_INLINE void winograd_input_grad_tile(A (&z)[WinogradMatrices<R>::ALPHA][WinogradMatrices<R>::ALPHA]) {
   using W = WinogradMatrices<R>;
   constexpr int N = W::ALPHA;
   A t[N][N];
@@ -169,7 +172,7 @@ WSC_UNROLL
 
 // g (r x r) -> G g GT (alpha x alpha).
 template <int R, typename A>
-WSC_HD void winograd_weight_tile(const A (&g)[R][R], A (&out)[WinogradMatrices<R>::ALPHA][WinogradMatrices<R>::ALPHA]) {
+WSC_HD_INLINE void winograd_weight_tile(const A (&g)[R][R], A (&out)[WinogradMatrices<R>::ALPHA][WinogradMatrices<R>::ALPHA]) {
   using W = WinogradMatrices<R>;
   constexpr int N = W::ALPHA;
   A t[N][R];
@@ -197,7 +200,7 @@ WSC_UNROLL
 
 // s (alpha x alpha) -> GT s G (r x r): the transpose of winograd_weight_tile.
 template <int R, typename A>
-WSC_HD void winograd_weight_grad_tile(const A (&s)[WinogradMatrices<R>::ALPHA][WinogradMatrices<R>::ALPHA],
+WSC_HD_INLINE void winograd_weight_grad_tile(const A (&s)[WinogradMatrices<R>::ALPHA][WinogradMatrices<R>::ALPHA],
                                       A (&out)[R][R]) {
   using W = WinogradMatrices<R>;
   constexpr int N = W::ALPHA;
@@ -225,21 +228,26 @@ WSC_UNROLL
 }
 
 // ---- CPU entry points (winograd_cpu.cpp), T = float or double. dx is overwritten (not added to).
-// w and dw are (r, r, C, K).
-template <typename T> void winograd_input_transform_cpu(const WinogradShape& s, const T* x, T* U);
-template <typename T> void winograd_weight_transform_cpu(const WinogradShape& s, const T* w, T* V);
-template <typename T> void winograd_output_transform_cpu(const WinogradShape& s, const T* M, const T* bias, T* y);
-template <typename T> void winograd_grad_transform_cpu(const WinogradShape& s, const T* dy, T* Yh);
-template <typename T> void winograd_input_grad_transform_cpu(const WinogradShape& s, const T* Z, T* dx);
-template <typename T> void winograd_weight_grad_transform_cpu(const WinogradShape& s, const T* S, T* dw);
+template <typename T> void winograd_input_transform_cpu(const WinogradShape& s, const T* x, T* U, int64_t ps);
+template <typename T> void winograd_weight_transform_cpu(const WinogradShape& s, const T* w, T* V, int64_t ps);
+template <typename T>
+void winograd_output_transform_cpu(const WinogradShape& s, const T* M, int64_t ps, const T* bias, T* y);
+template <typename T> void winograd_grad_transform_cpu(const WinogradShape& s, const T* dy, T* Yh, int64_t ps);
+template <typename T> void winograd_input_grad_transform_cpu(const WinogradShape& s, const T* Z, int64_t ps, T* dx);
+template <typename T> void winograd_weight_grad_transform_cpu(const WinogradShape& s, const T* S, int64_t ps, T* dw);
 
 // ---- CUDA entry points (winograd.cu), T = float; `stream` is a cudaStream_t.
-template <typename T> void winograd_input_transform_cuda(const WinogradShape& s, const T* x, T* U, void* stream);
-template <typename T> void winograd_weight_transform_cuda(const WinogradShape& s, const T* w, T* V, void* stream);
 template <typename T>
-void winograd_output_transform_cuda(const WinogradShape& s, const T* M, const T* bias, T* y, void* stream);
-template <typename T> void winograd_grad_transform_cuda(const WinogradShape& s, const T* dy, T* Yh, void* stream);
-template <typename T> void winograd_input_grad_transform_cuda(const WinogradShape& s, const T* Z, T* dx, void* stream);
-template <typename T> void winograd_weight_grad_transform_cuda(const WinogradShape& s, const T* S, T* dw, void* stream);
+void winograd_input_transform_cuda(const WinogradShape& s, const T* x, T* U, int64_t ps, void* stream);
+template <typename T>
+void winograd_weight_transform_cuda(const WinogradShape& s, const T* w, T* V, int64_t ps, void* stream);
+template <typename T>
+void winograd_output_transform_cuda(const WinogradShape& s, const T* M, int64_t ps, const T* bias, T* y, void* stream);
+template <typename T>
+void winograd_grad_transform_cuda(const WinogradShape& s, const T* dy, T* Yh, int64_t ps, void* stream);
+template <typename T>
+void winograd_input_grad_transform_cuda(const WinogradShape& s, const T* Z, int64_t ps, T* dx, void* stream);
+template <typename T>
+void winograd_weight_grad_transform_cuda(const WinogradShape& s, const T* S, int64_t ps, T* dw, void* stream);
 
 }  // namespace wsc

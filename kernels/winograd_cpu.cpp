@@ -39,6 +39,7 @@ struct Job {
   const T* bias;
   T* out;
   const T* zeros;
+  int64_t ps;  // plane stride of the transformed operand, in elements
 };
 
 // Tile t -> (n, ty, tx).
@@ -52,9 +53,10 @@ inline void tile_coords(const WinogradShape& s, int64_t t, int64_t& n, int64_t& 
 template <typename T, int R>
 WSC_ALWAYS_INLINE void input_tiles(const Job<T>& j, int64_t t0, int64_t t1) {
   using A = typename Acc<T>::type;
+  const int64_t ps = j.ps;  // a local: stores through T* could alias the Job
   constexpr int N = WinogradMatrices<R>::ALPHA;
   const WinogradShape& s = j.s;
-  const int64_t C = s.C, Tn = s.tiles();
+  const int64_t C = s.C;
   for (int64_t t = t0; t < t1; ++t) {
     int64_t n, ty, tx;
     tile_coords(s, t, n, ty, tx);
@@ -77,7 +79,7 @@ WSC_ALWAYS_INLINE void input_tiles(const Job<T>& j, int64_t t0, int64_t t1) {
       WSC_UNROLL
       for (int a = 0; a < N; ++a)
         WSC_UNROLL
-        for (int b = 0; b < N; ++b) dst[(a * N + b) * Tn * C + c] = T(d[a][b]);
+        for (int b = 0; b < N; ++b) dst[(a * N + b) * ps + c] = T(d[a][b]);
     }
   }
 }
@@ -86,9 +88,10 @@ WSC_ALWAYS_INLINE void input_tiles(const Job<T>& j, int64_t t0, int64_t t1) {
 template <typename T, int R>
 WSC_ALWAYS_INLINE void output_tiles(const Job<T>& j, int64_t t0, int64_t t1, T* dump) {
   using A = typename Acc<T>::type;
+  const int64_t ps = j.ps;  // a local: stores through T* could alias the Job
   constexpr int N = WinogradMatrices<R>::ALPHA;
   const WinogradShape& s = j.s;
-  const int64_t K = s.K, Tn = s.tiles();
+  const int64_t K = s.K;
   for (int64_t t = t0; t < t1; ++t) {
     int64_t n, ty, tx;
     tile_coords(s, t, n, ty, tx);
@@ -106,7 +109,7 @@ WSC_ALWAYS_INLINE void output_tiles(const Job<T>& j, int64_t t0, int64_t t1, T* 
       WSC_UNROLL
       for (int a = 0; a < N; ++a)
         WSC_UNROLL
-        for (int b = 0; b < N; ++b) m[a][b] = A(src[(a * N + b) * Tn * K + k]);
+        for (int b = 0; b < N; ++b) m[a][b] = A(src[(a * N + b) * ps + k]);
       winograd_output_tile<R, A>(m, y);
       const A bk = A(bias[k]);
       WSC_UNROLL
@@ -121,9 +124,10 @@ WSC_ALWAYS_INLINE void output_tiles(const Job<T>& j, int64_t t0, int64_t t1, T* 
 template <typename T, int R>
 WSC_ALWAYS_INLINE void grad_tiles(const Job<T>& j, int64_t t0, int64_t t1) {
   using A = typename Acc<T>::type;
+  const int64_t ps = j.ps;  // a local: stores through T* could alias the Job
   constexpr int N = WinogradMatrices<R>::ALPHA;
   const WinogradShape& s = j.s;
-  const int64_t K = s.K, Tn = s.tiles();
+  const int64_t K = s.K;
   for (int64_t t = t0; t < t1; ++t) {
     int64_t n, ty, tx;
     tile_coords(s, t, n, ty, tx);
@@ -145,7 +149,7 @@ WSC_ALWAYS_INLINE void grad_tiles(const Job<T>& j, int64_t t0, int64_t t1) {
       WSC_UNROLL
       for (int a = 0; a < N; ++a)
         WSC_UNROLL
-        for (int b = 0; b < N; ++b) dst[(a * N + b) * Tn * K + k] = T(out[a][b]);
+        for (int b = 0; b < N; ++b) dst[(a * N + b) * ps + k] = T(out[a][b]);
     }
   }
 }
@@ -156,9 +160,10 @@ WSC_ALWAYS_INLINE void grad_tiles(const Job<T>& j, int64_t t0, int64_t t1) {
 template <typename T, int R>
 WSC_ALWAYS_INLINE void input_grad_rows(const Job<T>& j, int64_t r0, int64_t r1, T* dump) {
   using A = typename Acc<T>::type;
+  const int64_t ps = j.ps;  // a local: stores through T* could alias the Job
   constexpr int N = WinogradMatrices<R>::ALPHA;
   const WinogradShape& s = j.s;
-  const int64_t C = s.C, Tn = s.tiles();
+  const int64_t C = s.C;
   for (int64_t row = r0; row < r1; ++row) {
     const int64_t n = row / s.tiles_h, ty = row % s.tiles_h;
     for (int64_t tx = 0; tx < s.tiles_w; ++tx) {
@@ -177,7 +182,7 @@ WSC_ALWAYS_INLINE void input_grad_rows(const Job<T>& j, int64_t r0, int64_t r1, 
         WSC_UNROLL
         for (int a = 0; a < N; ++a)
           WSC_UNROLL
-          for (int b = 0; b < N; ++b) z[a][b] = A(src[(a * N + b) * Tn * C + c]);
+          for (int b = 0; b < N; ++b) z[a][b] = A(src[(a * N + b) * ps + c]);
         winograd_input_grad_tile<R, A>(z);
         WSC_UNROLL
         for (int a = 0; a < N; ++a)
@@ -188,53 +193,83 @@ WSC_ALWAYS_INLINE void input_grad_rows(const Job<T>& j, int64_t r0, int64_t r1, 
   }
 }
 
-// w (r, r, C, K) -> V (P, C, K), for input channels [c0, c1). The caller permutes torch's
-// (K, C, r, r) weights to (r, r, C, K) so that loads and stores both run along K.
+// The weights are (K, C, r, r) as torch holds them and V is (P, C, K): a transpose. Each call
+// takes a block of kWeightBlock input channels and goes through the output channels kKBlock at a
+// time: the block's r*r*kWeightBlock weights of one output channel are contiguous, staged into a
+// (r*r, c, k) buffer, then transformed with k innermost (contiguous V stores). The weight
+// gradient runs the same blocks backwards.
+constexpr int64_t kWeightBlock = 8, kKBlock = 64;
+
+// w (K, C, r, r) -> V (P, C, K), for input-channel blocks [b0, b1).
 template <typename T, int R>
-WSC_ALWAYS_INLINE void weight_channels(const Job<T>& j, int64_t c0, int64_t c1) {
+WSC_ALWAYS_INLINE void weight_blocks(const Job<T>& j, int64_t b0, int64_t b1) {
   using A = typename Acc<T>::type;
-  constexpr int N = WinogradMatrices<R>::ALPHA;
+  const int64_t ps = j.ps;  // a local: stores through T* could alias the Job
+  constexpr int N = WinogradMatrices<R>::ALPHA, RR = R * R;
   const int64_t C = j.s.C, K = j.s.K;
-  for (int64_t c = c0; c < c1; ++c) {
-    const T* w = j.in + c * K;
-    T* v = j.out + c * K;
+  alignas(64) T buf[RR][kWeightBlock][kKBlock];
+  for (int64_t blk = b0; blk < b1; ++blk) {
+    const int64_t c0 = blk * kWeightBlock, cn = std::min(kWeightBlock, C - c0);
+    for (int64_t k0 = 0; k0 < K; k0 += kKBlock) {
+      const int64_t kn = std::min(kKBlock, K - k0);
+      for (int64_t kk = 0; kk < kn; ++kk) {
+        const T* w = j.in + ((k0 + kk) * C + c0) * RR;  // cn * RR contiguous values
+        for (int64_t cc = 0; cc < cn; ++cc)
+          for (int q = 0; q < RR; ++q) buf[q][cc][kk] = w[cc * RR + q];
+      }
+      for (int64_t cc = 0; cc < cn; ++cc) {
+        T* v = j.out + (c0 + cc) * K + k0;
 #pragma omp simd
-    for (int64_t k = 0; k < K; ++k) {
-      A g[R][R], t[N][N];
-      WSC_UNROLL
-      for (int a = 0; a < R; ++a)
-        WSC_UNROLL
-        for (int b = 0; b < R; ++b) g[a][b] = A(w[(a * R + b) * C * K + k]);
-      winograd_weight_tile<R, A>(g, t);
-      WSC_UNROLL
-      for (int a = 0; a < N; ++a)
-        WSC_UNROLL
-        for (int b = 0; b < N; ++b) v[(a * N + b) * C * K + k] = T(t[a][b]);
+        for (int64_t kk = 0; kk < kn; ++kk) {
+          A g[R][R], t[N][N];
+          WSC_UNROLL
+          for (int a = 0; a < R; ++a)
+            WSC_UNROLL
+            for (int b = 0; b < R; ++b) g[a][b] = A(buf[a * R + b][cc][kk]);
+          winograd_weight_tile<R, A>(g, t);
+          WSC_UNROLL
+          for (int a = 0; a < N; ++a)
+            WSC_UNROLL
+            for (int b = 0; b < N; ++b) v[(a * N + b) * ps + kk] = T(t[a][b]);
+        }
+      }
     }
   }
 }
 
-// S (P, C, K) -> dw (r, r, C, K), for input channels [c0, c1) (the caller permutes to torch's).
+// S (P, C, K) -> dw (K, C, r, r), for input-channel blocks [b0, b1).
 template <typename T, int R>
-WSC_ALWAYS_INLINE void weight_grad_channels(const Job<T>& j, int64_t c0, int64_t c1) {
+WSC_ALWAYS_INLINE void weight_grad_blocks(const Job<T>& j, int64_t b0, int64_t b1) {
   using A = typename Acc<T>::type;
-  constexpr int N = WinogradMatrices<R>::ALPHA;
+  const int64_t ps = j.ps;  // a local: stores through T* could alias the Job
+  constexpr int N = WinogradMatrices<R>::ALPHA, RR = R * R;
   const int64_t C = j.s.C, K = j.s.K;
-  for (int64_t c = c0; c < c1; ++c) {
-    const T* sp = j.in + c * K;
-    T* w = j.out + c * K;
+  alignas(64) T buf[RR][kWeightBlock][kKBlock];
+  for (int64_t blk = b0; blk < b1; ++blk) {
+    const int64_t c0 = blk * kWeightBlock, cn = std::min(kWeightBlock, C - c0);
+    for (int64_t k0 = 0; k0 < K; k0 += kKBlock) {
+      const int64_t kn = std::min(kKBlock, K - k0);
+      for (int64_t cc = 0; cc < cn; ++cc) {
+        const T* sp = j.in + (c0 + cc) * K + k0;
 #pragma omp simd
-    for (int64_t k = 0; k < K; ++k) {
-      A sv[N][N], g[R][R];
-      WSC_UNROLL
-      for (int a = 0; a < N; ++a)
-        WSC_UNROLL
-        for (int b = 0; b < N; ++b) sv[a][b] = A(sp[(a * N + b) * C * K + k]);
-      winograd_weight_grad_tile<R, A>(sv, g);
-      WSC_UNROLL
-      for (int a = 0; a < R; ++a)
-        WSC_UNROLL
-        for (int b = 0; b < R; ++b) w[(a * R + b) * C * K + k] = T(g[a][b]);
+        for (int64_t kk = 0; kk < kn; ++kk) {
+          A sv[N][N], g[R][R];
+          WSC_UNROLL
+          for (int a = 0; a < N; ++a)
+            WSC_UNROLL
+            for (int b = 0; b < N; ++b) sv[a][b] = A(sp[(a * N + b) * ps + kk]);
+          winograd_weight_grad_tile<R, A>(sv, g);
+          WSC_UNROLL
+          for (int a = 0; a < R; ++a)
+            WSC_UNROLL
+            for (int b = 0; b < R; ++b) buf[a * R + b][cc][kk] = T(g[a][b]);
+        }
+      }
+      for (int64_t kk = 0; kk < kn; ++kk) {
+        T* w = j.out + ((k0 + kk) * C + c0) * RR;
+        for (int64_t cc = 0; cc < cn; ++cc)
+          for (int q = 0; q < RR; ++q) w[cc * RR + q] = buf[q][cc][kk];
+      }
     }
   }
 }
@@ -251,8 +286,8 @@ WSC_ALWAYS_INLINE void run_range(const Job<T>& j, int64_t b, int64_t e, T* dump)
   else if constexpr (O == Op::kOutput) output_tiles<T, R>(j, b, e, dump);
   else if constexpr (O == Op::kGrad) grad_tiles<T, R>(j, b, e);
   else if constexpr (O == Op::kInputGrad) input_grad_rows<T, R>(j, b, e, dump);
-  else if constexpr (O == Op::kWeight) weight_channels<T, R>(j, b, e);
-  else weight_grad_channels<T, R>(j, b, e);
+  else if constexpr (O == Op::kWeight) weight_blocks<T, R>(j, b, e);
+  else weight_grad_blocks<T, R>(j, b, e);
 }
 
 #if defined(WSC_X86_DISPATCH)
@@ -311,36 +346,37 @@ void parallel_ranges(RangeFn<T> fn, const Job<T>& j, int64_t items, int64_t work
 }
 
 template <typename T>
-Job<T> make_job(const WinogradShape& s, const T* in, const T* bias, T* out, const std::vector<T>& zeros) {
-  return Job<T>{s, in, bias, out, zeros.data()};
+Job<T> make_job(const WinogradShape& s, const T* in, const T* bias, T* out, const std::vector<T>& zeros,
+               int64_t plane_stride) {
+  return Job<T>{s, in, bias, out, zeros.data(), plane_stride};
 }
 
 }  // namespace
 
 template <typename T>
-void winograd_input_transform_cpu(const WinogradShape& s, const T* x, T* U) {
+void winograd_input_transform_cpu(const WinogradShape& s, const T* x, T* U, int64_t ps) {
   const std::vector<T> zeros(static_cast<size_t>(s.C), T(0));
-  parallel_ranges<T>(pick<Op::kInput, T>(s.r), make_job<T>(s, x, nullptr, U, zeros), s.tiles(), s.C, 0);
+  parallel_ranges<T>(pick<Op::kInput, T>(s.r), make_job<T>(s, x, nullptr, U, zeros, ps), s.tiles(), s.C, 0);
 }
 
 template <typename T>
-void winograd_output_transform_cpu(const WinogradShape& s, const T* M, const T* bias, T* y) {
+void winograd_output_transform_cpu(const WinogradShape& s, const T* M, int64_t ps, const T* bias, T* y) {
   const std::vector<T> zeros(static_cast<size_t>(s.K), T(0));
-  parallel_ranges<T>(pick<Op::kOutput, T>(s.r), make_job<T>(s, M, bias, y, zeros), s.tiles(), s.K, s.K);
+  parallel_ranges<T>(pick<Op::kOutput, T>(s.r), make_job<T>(s, M, bias, y, zeros, ps), s.tiles(), s.K, s.K);
 }
 
 template <typename T>
-void winograd_grad_transform_cpu(const WinogradShape& s, const T* dy, T* Yh) {
+void winograd_grad_transform_cpu(const WinogradShape& s, const T* dy, T* Yh, int64_t ps) {
   const std::vector<T> zeros(static_cast<size_t>(s.K), T(0));
-  parallel_ranges<T>(pick<Op::kGrad, T>(s.r), make_job<T>(s, dy, nullptr, Yh, zeros), s.tiles(), s.K, 0);
+  parallel_ranges<T>(pick<Op::kGrad, T>(s.r), make_job<T>(s, dy, nullptr, Yh, zeros, ps), s.tiles(), s.K, 0);
 }
 
 template <typename T>
-void winograd_input_grad_transform_cpu(const WinogradShape& s, const T* Z, T* dx) {
+void winograd_input_grad_transform_cpu(const WinogradShape& s, const T* Z, int64_t ps, T* dx) {
   std::fill(dx, dx + s.N * s.H * s.W * s.C, T(0));
   const RangeFn<T> fn = pick<Op::kInputGrad, T>(s.r);
   const std::vector<T> none;
-  const Job<T> j = make_job<T>(s, Z, nullptr, dx, none);
+  const Job<T> j = make_job<T>(s, Z, nullptr, dx, none, ps);
   const bool parallel = s.tiles() * s.C >= kParallelMin;
   for (int64_t phase = 0; phase < 2; ++phase) {  // even tile rows, then odd ones: no two overlap
     const int64_t per_image = (s.tiles_h - phase + 1) / 2;
@@ -358,24 +394,26 @@ void winograd_input_grad_transform_cpu(const WinogradShape& s, const T* Z, T* dx
 }
 
 template <typename T>
-void winograd_weight_transform_cpu(const WinogradShape& s, const T* w, T* V) {
+void winograd_weight_transform_cpu(const WinogradShape& s, const T* w, T* V, int64_t ps) {
   const std::vector<T> none;
-  parallel_ranges<T>(pick<Op::kWeight, T>(s.r), make_job<T>(s, w, nullptr, V, none), s.C, s.K, 0);
+  const int64_t blocks = (s.C + kWeightBlock - 1) / kWeightBlock;
+  parallel_ranges<T>(pick<Op::kWeight, T>(s.r), make_job<T>(s, w, nullptr, V, none, ps), blocks, kWeightBlock * s.K, 0);
 }
 
 template <typename T>
-void winograd_weight_grad_transform_cpu(const WinogradShape& s, const T* S, T* dw) {
+void winograd_weight_grad_transform_cpu(const WinogradShape& s, const T* S, int64_t ps, T* dw) {
   const std::vector<T> none;
-  parallel_ranges<T>(pick<Op::kWeightGrad, T>(s.r), make_job<T>(s, S, nullptr, dw, none), s.C, s.K, 0);
+  const int64_t blocks = (s.C + kWeightBlock - 1) / kWeightBlock;
+  parallel_ranges<T>(pick<Op::kWeightGrad, T>(s.r), make_job<T>(s, S, nullptr, dw, none, ps), blocks, kWeightBlock * s.K, 0);
 }
 
 #define WSC_INSTANTIATE(T)                                                                     \
-  template void winograd_input_transform_cpu<T>(const WinogradShape&, const T*, T*);           \
-  template void winograd_weight_transform_cpu<T>(const WinogradShape&, const T*, T*);          \
-  template void winograd_output_transform_cpu<T>(const WinogradShape&, const T*, const T*, T*); \
-  template void winograd_grad_transform_cpu<T>(const WinogradShape&, const T*, T*);            \
-  template void winograd_input_grad_transform_cpu<T>(const WinogradShape&, const T*, T*);      \
-  template void winograd_weight_grad_transform_cpu<T>(const WinogradShape&, const T*, T*);
+  template void winograd_input_transform_cpu<T>(const WinogradShape&, const T*, T*, int64_t);                \
+  template void winograd_weight_transform_cpu<T>(const WinogradShape&, const T*, T*, int64_t);               \
+  template void winograd_output_transform_cpu<T>(const WinogradShape&, const T*, int64_t, const T*, T*);     \
+  template void winograd_grad_transform_cpu<T>(const WinogradShape&, const T*, T*, int64_t);                 \
+  template void winograd_input_grad_transform_cpu<T>(const WinogradShape&, const T*, int64_t, T*);           \
+  template void winograd_weight_grad_transform_cpu<T>(const WinogradShape&, const T*, int64_t, T*);
 WSC_INSTANTIATE(float)
 WSC_INSTANTIATE(double)
 #undef WSC_INSTANTIATE

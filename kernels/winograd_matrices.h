@@ -12,7 +12,7 @@ struct WinogradMatrices;
 template <>
 struct WinogradMatrices<2> {
   static constexpr int M = 4, R = 2, ALPHA = 5;
-  WSC_HD static constexpr double at(int i, int j) {
+  WSC_HD_INLINE static constexpr double at(int i, int j) {
     constexpr double v[4][5] = {
         {1.0, 1.0, 1.0, 1.0, 0.0},
         {0.0, 1.0, -1.0, 1.0 / 2.0, 0.0},
@@ -20,7 +20,7 @@ struct WinogradMatrices<2> {
         {0.0, 1.0, -1.0, 1.0 / 8.0, 1.0}};
     return v[i][j];
   }
-  WSC_HD static constexpr double g(int i, int j) {
+  WSC_HD_INLINE static constexpr double g(int i, int j) {
     constexpr double v[5][2] = {
         {2.0, 0.0},
         {1.0, 1.0},
@@ -29,7 +29,7 @@ struct WinogradMatrices<2> {
         {0.0, 1.0}};
     return v[i][j];
   }
-  WSC_HD static constexpr double bt(int i, int j) {
+  WSC_HD_INLINE static constexpr double bt(int i, int j) {
     constexpr double v[5][5] = {
         {1.0 / 2.0, -1.0, -1.0 / 2.0, 1.0, 0.0},
         {0.0, -1.0 / 2.0, 1.0 / 2.0, 1.0, 0.0},
@@ -44,7 +44,7 @@ struct WinogradMatrices<2> {
 template <>
 struct WinogradMatrices<3> {
   static constexpr int M = 4, R = 3, ALPHA = 6;
-  WSC_HD static constexpr double at(int i, int j) {
+  WSC_HD_INLINE static constexpr double at(int i, int j) {
     constexpr double v[4][6] = {
         {1.0, 1.0, 1.0, 1.0, 1.0, 0.0},
         {0.0, 1.0, -1.0, 2.0, -1.0 / 2.0, 0.0},
@@ -52,7 +52,7 @@ struct WinogradMatrices<3> {
         {0.0, 1.0, -1.0, 8.0, -1.0 / 8.0, 1.0}};
     return v[i][j];
   }
-  WSC_HD static constexpr double g(int i, int j) {
+  WSC_HD_INLINE static constexpr double g(int i, int j) {
     constexpr double v[6][3] = {
         {1.0, 0.0, 0.0},
         {-1.0 / 3.0, -1.0 / 3.0, -1.0 / 3.0},
@@ -62,7 +62,7 @@ struct WinogradMatrices<3> {
         {0.0, 0.0, 1.0}};
     return v[i][j];
   }
-  WSC_HD static constexpr double bt(int i, int j) {
+  WSC_HD_INLINE static constexpr double bt(int i, int j) {
     constexpr double v[6][6] = {
         {1.0, 3.0 / 2.0, -2.0, -3.0 / 2.0, 1.0, 0.0},
         {0.0, -1.0, -5.0 / 2.0, -1.0 / 2.0, 1.0, 0.0},
@@ -78,7 +78,7 @@ struct WinogradMatrices<3> {
 template <>
 struct WinogradMatrices<4> {
   static constexpr int M = 4, R = 4, ALPHA = 7;
-  WSC_HD static constexpr double at(int i, int j) {
+  WSC_HD_INLINE static constexpr double at(int i, int j) {
     constexpr double v[4][7] = {
         {1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.0},
         {0.0, 1.0, -1.0, 2.0, -2.0, 1.0 / 2.0, 0.0},
@@ -86,7 +86,7 @@ struct WinogradMatrices<4> {
         {0.0, 1.0, -1.0, 8.0, -8.0, 1.0 / 8.0, 1.0}};
     return v[i][j];
   }
-  WSC_HD static constexpr double g(int i, int j) {
+  WSC_HD_INLINE static constexpr double g(int i, int j) {
     constexpr double v[7][4] = {
         {-1.0 / 2.0, 0.0, 0.0, 0.0},
         {-1.0 / 3.0, -1.0 / 3.0, -1.0 / 3.0, -1.0 / 3.0},
@@ -97,7 +97,7 @@ struct WinogradMatrices<4> {
         {0.0, 0.0, 0.0, 1.0}};
     return v[i][j];
   }
-  WSC_HD static constexpr double bt(int i, int j) {
+  WSC_HD_INLINE static constexpr double bt(int i, int j) {
     constexpr double v[7][7] = {
         {-2.0, 4.0, 5.0 / 2.0, -5.0, -1.0 / 2.0, 1.0, 0.0},
         {0.0, 2.0, -2.0, -9.0 / 2.0, 1.0 / 2.0, 1.0, 0.0},

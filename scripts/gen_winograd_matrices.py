@@ -93,7 +93,7 @@ def accessor(name: str, mat) -> str:
     """A constexpr function, not a static array, so CUDA device code can use it (folded to a
     constant wherever the loops around it are unrolled)."""
     rows = ",\n".join("        {" + ", ".join(literal(v) for v in row) + "}" for row in mat)
-    return (f"  WSC_HD static constexpr double {name}(int i, int j) {{\n"
+    return (f"  WSC_HD_INLINE static constexpr double {name}(int i, int j) {{\n"
             f"    constexpr double v[{len(mat)}][{len(mat[0])}] = {{\n{rows}}};\n    return v[i][j];\n  }}")
 
 
