@@ -21,8 +21,9 @@
 #include "common.h"
 #include "winograd_matrices.h"
 
-// Full unrolling: nvcc and clang's pragma, GCC's own spelling (GCC ignores the bare one).
-#if defined(__CUDACC__) || defined(__clang__)
+// Full unrolling: nvcc's device pass and clang's pragma, GCC's own spelling (GCC ignores the bare
+// one; nvcc hands a _Pragma of a header's macro to the host compiler as it stands).
+#if defined(__CUDA_ARCH__) || defined(__clang__)
 #define WSC_UNROLL _Pragma("unroll")
 #elif defined(__GNUC__)
 #define WSC_UNROLL _Pragma("GCC unroll 16")

@@ -60,6 +60,9 @@ def check_inputs(x, weight, bias, padding, stride=1) -> None:
     k, c, kh, kw = weight.shape
     if kh != kw or kh not in KERNEL_SIZES:
         raise ValueError(f"weight must be (K, C, r, r) with r in {KERNEL_SIZES}, got {_checks.describe(weight)}")
+    if x.shape[1] == 0 or k == 0:  # F.conv2d rejects K = 0 and returns K = 0 maps for C = 0
+        raise ValueError(f"input and weight need at least one channel, got input {_checks.describe(x)} and "
+                         f"weight {_checks.describe(weight)}")
     if c != x.shape[1]:
         raise ValueError(f"weight must have input's {x.shape[1]} input channels, got {_checks.describe(weight)}")
     if weight.dtype != x.dtype:
