@@ -29,6 +29,15 @@ void check_dense(const at::Tensor& t, const at::Tensor& like, int64_t numel, con
   TORCH_CHECK(dense, "winograd: ", name, " must be dense (contiguous, or channels_last for images)");
 }
 
+// A (K, C, r, r) weight whose kernel positions a*r + b are evenly spaced (contiguous or
+// channels_last): its strides for the kernels.
+wsc::WeightStrides weight_strides(const at::Tensor& w, int r, const char* name) {
+  TORCH_CHECK(w.dim() == 4 && w.size(2) == r && w.size(3) == r && (r == 1 || w.stride(2) == r * w.stride(3)),
+              "winograd: ", name, " must be a (K, C, ", r, ", ", r, ") weight, contiguous or channels_last, got sizes ",
+              w.sizes(), " strides ", w.strides());
+  return {w.stride(0), w.stride(1), w.stride(3)};
+}
+
 // A contiguous plane-major operand (P, rows', cols), rows' >= rows (rows past `rows` are padding
 // the kernels neither read nor write); returns its plane stride rows' * cols.
 int64_t check_planes(const at::Tensor& t, const at::Tensor& like, int64_t P, int64_t rows, int64_t cols,
@@ -47,13 +56,22 @@ void run(Transform which, const at::Tensor& in, const c10::optional<at::Tensor>&
   TORCH_CHECK(in.scalar_type() == at::kFloat || (in.scalar_type() == at::kDouble && !in.is_cuda()),
               "winograd: dtype must be float32 (or float64 on the CPU), got ", in.scalar_type());
   int64_t ps = 0;
+  wsc::WeightStrides ws{0, 0, 0};
   switch (which) {
     case kInput: check_dense(in, in, s.N * s.H * s.W * C, "x"); ps = check_planes(out, in, P, T, C, "U"); break;
-    case kWeight: check_dense(in, in, rr * C * K, "w"); ps = check_planes(out, in, P, C, K, "V"); break;
+    case kWeight:
+      check_dense(in, in, rr * C * K, "w");
+      ws = weight_strides(in, s.r, "w");
+      ps = check_planes(out, in, P, C, K, "V");
+      break;
     case kOutput: ps = check_planes(in, in, P, T, K, "M"); check_dense(out, in, s.N * s.Ho * s.Wo * K, "y"); break;
     case kGrad: check_dense(in, in, s.N * s.Ho * s.Wo * K, "dy"); ps = check_planes(out, in, P, T, K, "Yh"); break;
     case kInputGrad: ps = check_planes(in, in, P, T, C, "Z"); check_dense(out, in, s.N * s.H * s.W * C, "dx"); break;
-    case kWeightGrad: ps = check_planes(in, in, P, C, K, "S"); check_dense(out, in, rr * C * K, "dw"); break;
+    case kWeightGrad:
+      ps = check_planes(in, in, P, C, K, "S");
+      check_dense(out, in, rr * C * K, "dw");
+      ws = weight_strides(out, s.r, "dw");
+      break;
   }
   if (bias) {
     TORCH_CHECK(which == kOutput, "winograd: only the output transform takes a bias");
@@ -70,11 +88,11 @@ void run(Transform which, const at::Tensor& in, const c10::optional<at::Tensor>&
         void* st = as_stream(stream);
         switch (which) {
           case kInput: wsc::winograd_input_transform_cuda(s, src, dst, ps, st); break;
-          case kWeight: wsc::winograd_weight_transform_cuda(s, src, dst, ps, st); break;
+          case kWeight: wsc::winograd_weight_transform_cuda(s, src, ws, dst, ps, st); break;
           case kOutput: wsc::winograd_output_transform_cuda(s, src, ps, b, dst, st); break;
           case kGrad: wsc::winograd_grad_transform_cuda(s, src, dst, ps, st); break;
           case kInputGrad: wsc::winograd_input_grad_transform_cuda(s, src, ps, dst, st); break;
-          case kWeightGrad: wsc::winograd_weight_grad_transform_cuda(s, src, ps, dst, st); break;
+          case kWeightGrad: wsc::winograd_weight_grad_transform_cuda(s, src, ps, dst, ws, st); break;
         }
       }
 #else
@@ -83,11 +101,11 @@ void run(Transform which, const at::Tensor& in, const c10::optional<at::Tensor>&
     } else {
       switch (which) {
         case kInput: wsc::winograd_input_transform_cpu(s, src, dst, ps); break;
-        case kWeight: wsc::winograd_weight_transform_cpu(s, src, dst, ps); break;
+        case kWeight: wsc::winograd_weight_transform_cpu(s, src, ws, dst, ps); break;
         case kOutput: wsc::winograd_output_transform_cpu(s, src, ps, b, dst); break;
         case kGrad: wsc::winograd_grad_transform_cpu(s, src, dst, ps); break;
         case kInputGrad: wsc::winograd_input_grad_transform_cpu(s, src, ps, dst); break;
-        case kWeightGrad: wsc::winograd_weight_grad_transform_cpu(s, src, ps, dst); break;
+        case kWeightGrad: wsc::winograd_weight_grad_transform_cpu(s, src, ps, dst, ws); break;
       }
     }
   });

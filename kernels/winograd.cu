@@ -16,7 +16,8 @@
 // order is fixed (deterministic).
 //
 // Each thread's work is a WSC_HD body (a functor of the thread index) run by one grid-stride
-// kernel, so the bodies can also run in host loops.
+// kernel, so the bodies can also run in host loops; hence WSC_UNROLL (empty in nvcc's host pass)
+// rather than #pragma unroll, which GCC would be handed and warn about.
 #include <cuda_runtime.h>
 
 #include <cstdint>
@@ -51,18 +52,18 @@ struct InputBody {
     int64_t n, ty, tx;
     tile_coords(s, i / s.C, n, ty, tx);
     T d[N][N];
-#pragma unroll
+    WSC_UNROLL
     for (int a = 0; a < N; ++a)
-#pragma unroll
+      WSC_UNROLL
       for (int b = 0; b < N; ++b) {
         const int64_t iy = ty * kM - s.pad + a, ix = tx * kM - s.pad + b;
         const bool inside = iy >= 0 && iy < s.H && ix >= 0 && ix < s.W;
         d[a][b] = inside ? x[((n * s.H + iy) * s.W + ix) * s.C + c] : T(0);
       }
     winograd_input_tile<R, T>(d);
-#pragma unroll
+    WSC_UNROLL
     for (int a = 0; a < N; ++a)
-#pragma unroll
+      WSC_UNROLL
       for (int b = 0; b < N; ++b) U[(a * N + b) * ps + i] = d[a][b];
   }
 };
@@ -82,15 +83,15 @@ struct OutputBody {
     int64_t n, ty, tx;
     tile_coords(s, i / s.K, n, ty, tx);
     T m[N][N], out[kM][kM];
-#pragma unroll
+    WSC_UNROLL
     for (int a = 0; a < N; ++a)
-#pragma unroll
+      WSC_UNROLL
       for (int b = 0; b < N; ++b) m[a][b] = M[(a * N + b) * ps + i];
     winograd_output_tile<R, T>(m, out);
     const T bk = bias ? bias[k] : T(0);
-#pragma unroll
+    WSC_UNROLL
     for (int a = 0; a < kM; ++a)
-#pragma unroll
+      WSC_UNROLL
       for (int b = 0; b < kM; ++b) {
         const int64_t oy = ty * kM + a, ox = tx * kM + b;
         if (oy < s.Ho && ox < s.Wo) y[((n * s.Ho + oy) * s.Wo + ox) * s.K + k] = out[a][b] + bk;
@@ -111,17 +112,17 @@ struct GradBody {
     int64_t n, ty, tx;
     tile_coords(s, i / s.K, n, ty, tx);
     T g[kM][kM], out[N][N];
-#pragma unroll
+    WSC_UNROLL
     for (int a = 0; a < kM; ++a)
-#pragma unroll
+      WSC_UNROLL
       for (int b = 0; b < kM; ++b) {
         const int64_t oy = ty * kM + a, ox = tx * kM + b;
         g[a][b] = (oy < s.Ho && ox < s.Wo) ? dy[((n * s.Ho + oy) * s.Wo + ox) * s.K + k] : T(0);
       }
     winograd_grad_tile<R, T>(g, out);
-#pragma unroll
+    WSC_UNROLL
     for (int a = 0; a < N; ++a)
-#pragma unroll
+      WSC_UNROLL
       for (int b = 0; b < N; ++b) Yh[(a * N + b) * ps + i] = out[a][b];
   }
 };
@@ -137,22 +138,22 @@ struct InputGradBody {
   int64_t blocks_h, blocks_w;
 
   // acc += the OY..OY+3, OX..OX+3 window of tile (ty, tx)'s B Z BT (OY, OX: 0 or 4; entries past
-  // alpha are none). Out-of-range tiles add nothing. The compiler drops the entries (and loads)
-  // a window does not use.
+  // alpha are none). Out-of-range tiles add nothing. The compiler drops the arithmetic of the
+  // entries a window does not use (not the loads: every window needs all of Z).
   template <int OY, int OX>
   WSC_HD void add_tile(int64_t n, int64_t ty, int64_t tx, int64_t c, T (&acc)[kM][kM]) const {
     constexpr int N = WinogradMatrices<R>::ALPHA;
     if (ty < 0 || ty >= s.tiles_h || tx < 0 || tx >= s.tiles_w) return;
     const T* src = Z + ((n * s.tiles_h + ty) * s.tiles_w + tx) * s.C + c;
     T z[N][N];
-#pragma unroll
+    WSC_UNROLL
     for (int a = 0; a < N; ++a)
-#pragma unroll
+      WSC_UNROLL
       for (int b = 0; b < N; ++b) z[a][b] = src[(a * N + b) * ps];
     winograd_input_grad_tile<R, T>(z);
-#pragma unroll
+    WSC_UNROLL
     for (int u = 0; u < kM; ++u)
-#pragma unroll
+      WSC_UNROLL
       for (int v = 0; v < kM; ++v)
         if (u + OY < N && v + OX < N) acc[u][v] += z[u + OY][v + OX];
   }
@@ -165,9 +166,9 @@ struct InputGradBody {
     add_tile<kM, 0>(n, by - 1, bx, c, acc);
     add_tile<0, kM>(n, by, bx - 1, c, acc);
     add_tile<0, 0>(n, by, bx, c, acc);
-#pragma unroll
+    WSC_UNROLL
     for (int u = 0; u < kM; ++u)
-#pragma unroll
+      WSC_UNROLL
       for (int v = 0; v < kM; ++v) {
         const int64_t iy = by * kM - s.pad + u, ix = bx * kM - s.pad + v;
         if (iy >= 0 && iy < s.H && ix >= 0 && ix < s.W) dx[((n * s.H + iy) * s.W + ix) * s.C + c] = acc[u][v];
@@ -180,21 +181,22 @@ template <typename T, int R>
 struct WeightBody {
   WinogradShape s;
   const T* __restrict__ w;
+  WeightStrides ws;
   T* __restrict__ V;
   int64_t ps;
   WSC_HD void operator()(int64_t i) const {
     constexpr int N = WinogradMatrices<R>::ALPHA;
     const int64_t k = i % s.K, c = i / s.K;
-    const T* src = w + (k * s.C + c) * (R * R);
+    const T* src = w + k * ws.k + c * ws.c;
     T g[R][R], out[N][N];
-#pragma unroll
+    WSC_UNROLL
     for (int a = 0; a < R; ++a)
-#pragma unroll
-      for (int b = 0; b < R; ++b) g[a][b] = src[a * R + b];
+      WSC_UNROLL
+      for (int b = 0; b < R; ++b) g[a][b] = src[(a * R + b) * ws.q];
     winograd_weight_tile<R, T>(g, out);
-#pragma unroll
+    WSC_UNROLL
     for (int a = 0; a < N; ++a)
-#pragma unroll
+      WSC_UNROLL
       for (int b = 0; b < N; ++b) V[(a * N + b) * ps + i] = out[a][b];
   }
 };
@@ -206,20 +208,21 @@ struct WeightGradBody {
   const T* __restrict__ S;
   int64_t ps;
   T* __restrict__ dw;
+  WeightStrides ws;
   WSC_HD void operator()(int64_t i) const {
     constexpr int N = WinogradMatrices<R>::ALPHA;
     const int64_t k = i % s.K, c = i / s.K;
     T sv[N][N], g[R][R];
-#pragma unroll
+    WSC_UNROLL
     for (int a = 0; a < N; ++a)
-#pragma unroll
+      WSC_UNROLL
       for (int b = 0; b < N; ++b) sv[a][b] = S[(a * N + b) * ps + i];
     winograd_weight_grad_tile<R, T>(sv, g);
-    T* dst = dw + (k * s.C + c) * (R * R);
-#pragma unroll
+    T* dst = dw + k * ws.k + c * ws.c;
+    WSC_UNROLL
     for (int a = 0; a < R; ++a)
-#pragma unroll
-      for (int b = 0; b < R; ++b) dst[a * R + b] = g[a][b];
+      WSC_UNROLL
+      for (int b = 0; b < R; ++b) dst[(a * R + b) * ws.q] = g[a][b];
   }
 };
 
@@ -250,8 +253,9 @@ void winograd_input_transform_cuda(const WinogradShape& s, const T* x, T* U, int
 }
 
 template <typename T>
-void winograd_weight_transform_cuda(const WinogradShape& s, const T* w, T* V, int64_t ps, void* stream) {
-  launch<WeightBody, T>(s, s.C * s.K, stream, "winograd_weight_transform_cuda", w, V, ps);
+void winograd_weight_transform_cuda(const WinogradShape& s, const T* w, WeightStrides ws, T* V, int64_t ps,
+                                    void* stream) {
+  launch<WeightBody, T>(s, s.C * s.K, stream, "winograd_weight_transform_cuda", w, ws, V, ps);
 }
 
 template <typename T>
@@ -273,17 +277,18 @@ void winograd_input_grad_transform_cuda(const WinogradShape& s, const T* Z, int6
 }
 
 template <typename T>
-void winograd_weight_grad_transform_cuda(const WinogradShape& s, const T* S, int64_t ps, T* dw, void* stream) {
-  launch<WeightGradBody, T>(s, s.C * s.K, stream, "winograd_weight_grad_transform_cuda", S, ps, dw);
+void winograd_weight_grad_transform_cuda(const WinogradShape& s, const T* S, int64_t ps, T* dw, WeightStrides ws,
+                                         void* stream) {
+  launch<WeightGradBody, T>(s, s.C * s.K, stream, "winograd_weight_grad_transform_cuda", S, ps, dw, ws);
 }
 
 #define WSC_INSTANTIATE(T)                                                                                    \
   template void winograd_input_transform_cuda<T>(const WinogradShape&, const T*, T*, int64_t, void*);            \
-  template void winograd_weight_transform_cuda<T>(const WinogradShape&, const T*, T*, int64_t, void*);           \
+  template void winograd_weight_transform_cuda<T>(const WinogradShape&, const T*, WeightStrides, T*, int64_t, void*); \
   template void winograd_output_transform_cuda<T>(const WinogradShape&, const T*, int64_t, const T*, T*, void*); \
   template void winograd_grad_transform_cuda<T>(const WinogradShape&, const T*, T*, int64_t, void*);             \
   template void winograd_input_grad_transform_cuda<T>(const WinogradShape&, const T*, int64_t, T*, void*);       \
-  template void winograd_weight_grad_transform_cuda<T>(const WinogradShape&, const T*, int64_t, T*, void*);
+  template void winograd_weight_grad_transform_cuda<T>(const WinogradShape&, const T*, int64_t, T*, WeightStrides, void*);
 WSC_INSTANTIATE(float)
 #undef WSC_INSTANTIATE
 

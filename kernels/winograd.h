@@ -16,15 +16,18 @@
 // size): a tile's P values of one channel sit a plane apart, and when that distance is a multiple
 // of 4 KiB every one maps to the same cache set, so the caller pads it (measured: up to 30x
 // slower transforms on power-of-two sizes). Weights and their gradients are (K, C, r, r) as in
-// torch.
+// torch, with the strides of WeightStrides (plain contiguous, or channels_last).
 #pragma once
 #include "common.h"
 #include "winograd_matrices.h"
 
 // Full unrolling: nvcc's device pass and clang's pragma, GCC's own spelling (GCC ignores the bare
-// one; nvcc hands a _Pragma of a header's macro to the host compiler as it stands).
+// one). None in nvcc's host pass: it hands a macro's _Pragma("unroll") to GCC, which warns, and
+// rejects GCC's; no CPU loop is compiled there.
 #if defined(__CUDA_ARCH__) || defined(__clang__)
 #define WSC_UNROLL _Pragma("unroll")
+#elif defined(__CUDACC__)
+#define WSC_UNROLL
 #elif defined(__GNUC__)
 #define WSC_UNROLL _Pragma("GCC unroll 16")
 #else
@@ -45,6 +48,12 @@ struct WinogradShape {
   int alpha() const { return kWinogradTile + r - 1; }
   int64_t planes() const { return int64_t(alpha()) * alpha(); }
   int64_t tiles() const { return N * tiles_h * tiles_w; }
+};
+
+// Element strides of a (K, C, r, r) weight: of k, of c, and of the kernel position q = a*r + b
+// (contiguous: C*r*r, r*r, 1; channels_last: r*r*C, 1, C).
+struct WeightStrides {
+  int64_t k, c, q;
 };
 
 inline WinogradShape winograd_shape(int64_t N, int64_t H, int64_t W, int64_t C, int64_t K, int64_t pad, int r) {
@@ -230,18 +239,21 @@ WSC_UNROLL
 
 // ---- CPU entry points (winograd_cpu.cpp), T = float or double. dx is overwritten (not added to).
 template <typename T> void winograd_input_transform_cpu(const WinogradShape& s, const T* x, T* U, int64_t ps);
-template <typename T> void winograd_weight_transform_cpu(const WinogradShape& s, const T* w, T* V, int64_t ps);
+template <typename T>
+void winograd_weight_transform_cpu(const WinogradShape& s, const T* w, WeightStrides ws, T* V, int64_t ps);
 template <typename T>
 void winograd_output_transform_cpu(const WinogradShape& s, const T* M, int64_t ps, const T* bias, T* y);
 template <typename T> void winograd_grad_transform_cpu(const WinogradShape& s, const T* dy, T* Yh, int64_t ps);
 template <typename T> void winograd_input_grad_transform_cpu(const WinogradShape& s, const T* Z, int64_t ps, T* dx);
-template <typename T> void winograd_weight_grad_transform_cpu(const WinogradShape& s, const T* S, int64_t ps, T* dw);
+template <typename T>
+void winograd_weight_grad_transform_cpu(const WinogradShape& s, const T* S, int64_t ps, T* dw, WeightStrides ws);
 
 // ---- CUDA entry points (winograd.cu), T = float; `stream` is a cudaStream_t.
 template <typename T>
 void winograd_input_transform_cuda(const WinogradShape& s, const T* x, T* U, int64_t ps, void* stream);
 template <typename T>
-void winograd_weight_transform_cuda(const WinogradShape& s, const T* w, T* V, int64_t ps, void* stream);
+void winograd_weight_transform_cuda(const WinogradShape& s, const T* w, WeightStrides ws, T* V, int64_t ps,
+                                    void* stream);
 template <typename T>
 void winograd_output_transform_cuda(const WinogradShape& s, const T* M, int64_t ps, const T* bias, T* y, void* stream);
 template <typename T>
@@ -249,6 +261,7 @@ void winograd_grad_transform_cuda(const WinogradShape& s, const T* dy, T* Yh, in
 template <typename T>
 void winograd_input_grad_transform_cuda(const WinogradShape& s, const T* Z, int64_t ps, T* dx, void* stream);
 template <typename T>
-void winograd_weight_grad_transform_cuda(const WinogradShape& s, const T* S, int64_t ps, T* dw, void* stream);
+void winograd_weight_grad_transform_cuda(const WinogradShape& s, const T* S, int64_t ps, T* dw, WeightStrides ws,
+                                         void* stream);
 
 }  // namespace wsc

@@ -39,7 +39,8 @@ struct Job {
   const T* bias;
   T* out;
   const T* zeros;
-  int64_t ps;  // plane stride of the transformed operand, in elements
+  int64_t ps;          // plane stride of the transformed operand, in elements
+  WeightStrides wst;  // of the (K, C, r, r) weights (weight transforms only)
 };
 
 // Tile t -> (n, ty, tx).
@@ -193,11 +194,12 @@ WSC_ALWAYS_INLINE void input_grad_rows(const Job<T>& j, int64_t r0, int64_t r1, 
   }
 }
 
-// The weights are (K, C, r, r) as torch holds them and V is (P, C, K): a transpose. Each call
-// takes a block of kWeightBlock input channels and goes through the output channels kKBlock at a
-// time: the block's r*r*kWeightBlock weights of one output channel are contiguous, staged into a
-// (r*r, c, k) buffer, then transformed with k innermost (contiguous V stores). The weight
-// gradient runs the same blocks backwards.
+// The weights are (K, C, r, r) as torch holds them (contiguous or channels_last) and V is
+// (P, C, K): a transpose. Each call takes a block of kWeightBlock input channels and goes through
+// the output channels kKBlock at a time: the block's r*r*kWeightBlock weights of one output
+// channel are one short contiguous run in either layout, staged into a (r*r, c, k) buffer, then
+// transformed with k innermost (contiguous V stores). The weight gradient runs the same blocks
+// backwards.
 constexpr int64_t kWeightBlock = 8, kKBlock = 64;
 
 // w (K, C, r, r) -> V (P, C, K), for input-channel blocks [b0, b1).
@@ -207,15 +209,16 @@ WSC_ALWAYS_INLINE void weight_blocks(const Job<T>& j, int64_t b0, int64_t b1) {
   const int64_t ps = j.ps;  // a local: stores through T* could alias the Job
   constexpr int N = WinogradMatrices<R>::ALPHA, RR = R * R;
   const int64_t C = j.s.C, K = j.s.K;
+  const WeightStrides st = j.wst;
   alignas(64) T buf[RR][kWeightBlock][kKBlock];
   for (int64_t blk = b0; blk < b1; ++blk) {
     const int64_t c0 = blk * kWeightBlock, cn = std::min(kWeightBlock, C - c0);
     for (int64_t k0 = 0; k0 < K; k0 += kKBlock) {
       const int64_t kn = std::min(kKBlock, K - k0);
       for (int64_t kk = 0; kk < kn; ++kk) {
-        const T* w = j.in + ((k0 + kk) * C + c0) * RR;  // cn * RR contiguous values
-        for (int64_t cc = 0; cc < cn; ++cc)
-          for (int q = 0; q < RR; ++q) buf[q][cc][kk] = w[cc * RR + q];
+        const T* w = j.in + (k0 + kk) * st.k + c0 * st.c;
+        for (int q = 0; q < RR; ++q)
+          for (int64_t cc = 0; cc < cn; ++cc) buf[q][cc][kk] = w[cc * st.c + q * st.q];
       }
       for (int64_t cc = 0; cc < cn; ++cc) {
         T* v = j.out + (c0 + cc) * K + k0;
@@ -244,6 +247,7 @@ WSC_ALWAYS_INLINE void weight_grad_blocks(const Job<T>& j, int64_t b0, int64_t b
   const int64_t ps = j.ps;  // a local: stores through T* could alias the Job
   constexpr int N = WinogradMatrices<R>::ALPHA, RR = R * R;
   const int64_t C = j.s.C, K = j.s.K;
+  const WeightStrides st = j.wst;
   alignas(64) T buf[RR][kWeightBlock][kKBlock];
   for (int64_t blk = b0; blk < b1; ++blk) {
     const int64_t c0 = blk * kWeightBlock, cn = std::min(kWeightBlock, C - c0);
@@ -266,9 +270,9 @@ WSC_ALWAYS_INLINE void weight_grad_blocks(const Job<T>& j, int64_t b0, int64_t b
         }
       }
       for (int64_t kk = 0; kk < kn; ++kk) {
-        T* w = j.out + ((k0 + kk) * C + c0) * RR;
-        for (int64_t cc = 0; cc < cn; ++cc)
-          for (int q = 0; q < RR; ++q) w[cc * RR + q] = buf[q][cc][kk];
+        T* w = j.out + (k0 + kk) * st.k + c0 * st.c;
+        for (int q = 0; q < RR; ++q)
+          for (int64_t cc = 0; cc < cn; ++cc) w[cc * st.c + q * st.q] = buf[q][cc][kk];
       }
     }
   }
@@ -347,8 +351,8 @@ void parallel_ranges(RangeFn<T> fn, const Job<T>& j, int64_t items, int64_t work
 
 template <typename T>
 Job<T> make_job(const WinogradShape& s, const T* in, const T* bias, T* out, const std::vector<T>& zeros,
-               int64_t plane_stride) {
-  return Job<T>{s, in, bias, out, zeros.data(), plane_stride};
+               int64_t plane_stride, WeightStrides weight_strides = {0, 0, 0}) {
+  return Job<T>{s, in, bias, out, zeros.data(), plane_stride, weight_strides};
 }
 
 }  // namespace
@@ -394,26 +398,26 @@ void winograd_input_grad_transform_cpu(const WinogradShape& s, const T* Z, int64
 }
 
 template <typename T>
-void winograd_weight_transform_cpu(const WinogradShape& s, const T* w, T* V, int64_t ps) {
+void winograd_weight_transform_cpu(const WinogradShape& s, const T* w, WeightStrides ws, T* V, int64_t ps) {
   const std::vector<T> none;
   const int64_t blocks = (s.C + kWeightBlock - 1) / kWeightBlock;
-  parallel_ranges<T>(pick<Op::kWeight, T>(s.r), make_job<T>(s, w, nullptr, V, none, ps), blocks, kWeightBlock * s.K, 0);
+  parallel_ranges<T>(pick<Op::kWeight, T>(s.r), make_job<T>(s, w, nullptr, V, none, ps, ws), blocks, kWeightBlock * s.K, 0);
 }
 
 template <typename T>
-void winograd_weight_grad_transform_cpu(const WinogradShape& s, const T* S, int64_t ps, T* dw) {
+void winograd_weight_grad_transform_cpu(const WinogradShape& s, const T* S, int64_t ps, T* dw, WeightStrides ws) {
   const std::vector<T> none;
   const int64_t blocks = (s.C + kWeightBlock - 1) / kWeightBlock;
-  parallel_ranges<T>(pick<Op::kWeightGrad, T>(s.r), make_job<T>(s, S, nullptr, dw, none, ps), blocks, kWeightBlock * s.K, 0);
+  parallel_ranges<T>(pick<Op::kWeightGrad, T>(s.r), make_job<T>(s, S, nullptr, dw, none, ps, ws), blocks, kWeightBlock * s.K, 0);
 }
 
 #define WSC_INSTANTIATE(T)                                                                     \
   template void winograd_input_transform_cpu<T>(const WinogradShape&, const T*, T*, int64_t);                \
-  template void winograd_weight_transform_cpu<T>(const WinogradShape&, const T*, T*, int64_t);               \
+  template void winograd_weight_transform_cpu<T>(const WinogradShape&, const T*, WeightStrides, T*, int64_t); \
   template void winograd_output_transform_cpu<T>(const WinogradShape&, const T*, int64_t, const T*, T*);     \
   template void winograd_grad_transform_cpu<T>(const WinogradShape&, const T*, T*, int64_t);                 \
   template void winograd_input_grad_transform_cpu<T>(const WinogradShape&, const T*, int64_t, T*);           \
-  template void winograd_weight_grad_transform_cpu<T>(const WinogradShape&, const T*, int64_t, T*);
+  template void winograd_weight_grad_transform_cpu<T>(const WinogradShape&, const T*, int64_t, T*, WeightStrides);
 WSC_INSTANTIATE(float)
 WSC_INSTANTIATE(double)
 #undef WSC_INSTANTIATE

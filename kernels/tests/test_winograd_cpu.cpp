@@ -85,7 +85,8 @@ void run(const Case& c, std::mt19937& rng) {
   // forward: U = input transform, V = weight transform, M = U @ V, y = output transform + bias
   std::vector<double> U(P * rows * c.C, 0.0), V(P * c.C * c.K), M(P * rows * c.K, 0.0);
   wsc::winograd_input_transform_cpu(s, x.data(), U.data(), rows * c.C);
-  wsc::winograd_weight_transform_cpu(s, w.data(), V.data(), c.C * c.K);
+  const wsc::WeightStrides ws{c.C * c.r * c.r, c.r * c.r, 1};  // contiguous (K, C, r, r)
+  wsc::winograd_weight_transform_cpu(s, w.data(), ws, V.data(), c.C * c.K);
   gemm(P, T, c.C, c.K, U.data(), rows * c.C, false, c.C, V.data(), c.C * c.K, false, c.K, M.data(), rows * c.K);
   const size_t ny = dy.size();
   std::vector<double> y(ny + kGuard, kSentinel);
@@ -104,7 +105,7 @@ void run(const Case& c, std::mt19937& rng) {
   const size_t nx = x.size(), nw = w.size();
   std::vector<double> dx(nx + kGuard, kSentinel), dw(nw + kGuard, kSentinel);
   wsc::winograd_input_grad_transform_cpu(s, Z.data(), rows * c.C, dx.data());
-  wsc::winograd_weight_grad_transform_cpu(s, S.data(), c.C * c.K, dw.data());
+  wsc::winograd_weight_grad_transform_cpu(s, S.data(), c.C * c.K, dw.data(), ws);
 
   // the gradients of sum(y * dy) by the direct definition
   std::vector<double> dx_ref(nx, 0.0), dw_ref(nw, 0.0);

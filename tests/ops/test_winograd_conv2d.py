@@ -217,3 +217,18 @@ def test_reference_serves_half_precision():
     x, w, b = (t.to(torch.bfloat16) for t in _inputs(CASES[0], torch.float32, "cpu", seed=8))
     out = winograd_conv2d(x, w, b, backend="reference")
     assert out.dtype == torch.bfloat16 and relative_error(out, F.conv2d(x.double(), w.double(), b.double(), padding=1)) < 1e-2
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+def test_channels_last_weight_gets_a_channels_last_gradient(backend):
+    """Models converted to channels_last hold 4-D conv weights in that layout: the kernels read it
+    as it is and write the weight gradient in it (what a fused optimizer pairs with)."""
+    device = require(backend)
+    x, w, b = _inputs(CASES[2], torch.float32, device, "channels_last", seed=9)
+    w = w.contiguous(memory_format=torch.channels_last).requires_grad_()
+    out = winograd_conv2d(x, w, b, 1, backend=backend)
+    (gw,) = torch.autograd.grad(out.sum(), w)
+    assert gw.is_contiguous(memory_format=torch.channels_last)
+    wr = w.detach().double().requires_grad_()
+    (want,) = torch.autograd.grad(F.conv2d(x.double(), wr, b.double(), padding=1).sum(), wr)
+    assert relative_error(gw, want) < 1e-5

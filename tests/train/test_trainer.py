@@ -75,13 +75,17 @@ def _on(device: torch.device) -> DistInfo:
 
 
 @pytest.mark.parametrize("backend", _backends())
-def test_one_training_step_per_backend(tmp_path, backend):
+def test_one_training_step_per_backend(tmp_path, backend, monkeypatch):
     device = require(backend)  # skips triton / cuda where they cannot run
     if ops.available()[backend] is not True:
         pytest.fail(f"{backend}: {ops.available()[backend]}")
     # The Triton interpreter (TRITON_INTERPRET=1, no GPU) runs each kernel program in numpy:
-    # a 128^2 step of the width-0.125 model takes minutes there, so its step is the narrowest model.
+    # a 128^2 step of the width-0.125 model takes minutes there, so its step is the narrowest model,
+    # and its convolutions stay direct (the frozen ResNets' Winograd transforms would take hours
+    # interpreted; tests/ops/test_winograd_conv2d.py runs the Triton transforms on small shapes).
     interpreted = backend == "triton" and not torch.cuda.is_available()
+    if interpreted:
+        monkeypatch.setattr("wscswap_fast.nn.conv.WINOGRAD_MIN_CHANNELS", 1 << 30)
     batch = 1 if interpreted else 2
     cfg = tiny_config(tmp_path, backend=backend, batch=batch, width=0.0625 if interpreted else 0.125)
     cfg.run.device = device.type

@@ -146,9 +146,17 @@ def _transform_input(kern, x_cl, g):
     return u
 
 
+def weight_format(weight: torch.Tensor) -> torch.memory_format:
+    """channels_last for a channels_last weight (models converted to channels_last hold their
+    conv weights so), else contiguous: the layouts the kernels read, and the weight gradient's."""
+    if not weight.is_contiguous() and weight.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
 def _transform_weight(kern, weight, g):
     v = weight.new_empty((g.planes, g.c, g.k))
-    kern.call("weight_transform", weight.contiguous(), v, g.dims)
+    kern.call("weight_transform", weight.contiguous(memory_format=weight_format(weight)), v, g.dims)
     return v
 
 
@@ -179,7 +187,7 @@ def _backward(grad, x, weight, padding, need_input, need_weight, need_bias, back
             grad, x, weight, None, (1, 1), (padding, padding), (1, 1), False, (0, 0), 1,
             (need_input, need_weight, False))
         return (grad_input.contiguous(memory_format=memory_format(x)) if need_input else empty(),
-                grad_weight if need_weight else empty(), grad_bias)
+                grad_weight.contiguous(memory_format=weight_format(weight)) if need_weight else empty(), grad_bias)
     g = Geometry(x.shape, weight.shape, padding, x.element_size())
     grad_input, grad_weight = empty(), empty()
     with on_device(x.device):
@@ -190,7 +198,7 @@ def _backward(grad, x, weight, padding, need_input, need_weight, need_bias, back
             u = _transform_input(kern, x.contiguous(memory_format=torch.channels_last), g)
             s = torch.bmm(u.transpose(1, 2), yh)  # (P, C, T) @ (P, T, K): summed over tiles
             del u
-            grad_weight = torch.empty_like(weight, memory_format=torch.contiguous_format)
+            grad_weight = torch.empty_like(weight, memory_format=weight_format(weight))
             kern.call("weight_grad_transform", s, grad_weight, g.dims)
             del s
         if need_input:
@@ -225,7 +233,7 @@ def _conv_backward_op(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
 @_conv_backward_op.register_fake
 def _(grad, x, weight, padding, need_input, need_weight, need_bias, backend):
     return (torch.empty_like(x, memory_format=memory_format(x)) if need_input else x.new_empty(0),
-            torch.empty_like(weight, memory_format=torch.contiguous_format) if need_weight else x.new_empty(0),
+            torch.empty_like(weight, memory_format=weight_format(weight)) if need_weight else x.new_empty(0),
             weight.new_empty(weight.shape[0]) if need_bias else x.new_empty(0))
 
 
