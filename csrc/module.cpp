@@ -43,6 +43,10 @@ void winograd_output_transform(const at::Tensor&, const c10::optional<at::Tensor
 void winograd_grad_transform(const at::Tensor&, const at::Tensor&, const std::vector<int64_t>&, int64_t);
 void winograd_input_grad_transform(const at::Tensor&, const at::Tensor&, const std::vector<int64_t>&, int64_t);
 void winograd_weight_grad_transform(const at::Tensor&, const at::Tensor&, const std::vector<int64_t>&, int64_t);
+void instance_norm_act_forward(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, double,
+                               double, bool, int64_t);
+void instance_norm_act_backward(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                const at::Tensor&, double, bool, int64_t);
 }  // namespace wsc_binding
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -94,5 +98,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "Z (P,T,C), dx (NHWC, overwritten), shape, stream");
   m.def("winograd_weight_grad_transform", &wsc_binding::winograd_weight_grad_transform,
         "S (P,C,K), dw (K,C,r,r), shape, stream");
+  m.def("instance_norm_act_forward", &wsc_binding::instance_norm_act_forward,
+        "x, y, mean, rstd, eps, negative_slope, channels_last, stream");
+  m.def("instance_norm_act_backward", &wsc_binding::instance_norm_act_backward,
+        "grad, x, mean, rstd, grad_x, negative_slope, channels_last, stream");
   m.def("feather_masks", &wsc_binding::feather_masks, "masks, out, scratch, kernel, feather, stream");
 }

@@ -46,7 +46,7 @@
 //     C is limited to 256 * KP * V (4096 packed, 1024 unpacked); larger C throws.
 //   Statistics: NCHW, one block per (n, c) plane; NHWC, blocks over runs of pixels of one
 //   image (coalesced along C), then a small kernel adds the rows per (n, c). Both sum x - shift
-//   and (x - shift)^2 with shift = the plane's first value (ain_stats_from_shifted_sums): fp32
+//   and (x - shift)^2 with shift = the plane's first value (stats_from_shifted_sums): fp32
 //   runs of at most 64 packs (NCHW) or 1024 pixels (NHWC) per lane, added in fp64 across
 //   lanes (NCHW) or rows (NHWC), so |mean| >> std keeps its precision, as on the CPU.
 //   Sweep 2 is elementwise (dh from dhn recomputed from the inputs, as on the CPU).
@@ -188,7 +188,7 @@ ain_stats_nchw(const T* __restrict__ h, float* __restrict__ mean, float* __restr
     block_sum2(s1, s2, sm);
     if (threadIdx.x == 0) {
       double mu, rs;
-      ain_stats_from_shifted_sums(shift, s1, s2, HW, eps, mu, rs);
+      stats_from_shifted_sums(shift, s1, s2, HW, eps, mu, rs);
       mean[plane] = static_cast<float>(mu);
       rstd[plane] = static_cast<float>(rs);
     }
@@ -285,7 +285,7 @@ ain_stats_nhwc_finish(const T* __restrict__ h, const float* __restrict__ part, f
     const double s2 = column_sum(part + (rows + n * chunks) * C, chunks, C, c, sm);
     if (threadIdx.x < 32 && c < C) {
       double mu, rs;
-      ain_stats_from_shifted_sums(load(h[n * HW * C + c]), s1, s2, HW, eps, mu, rs);
+      stats_from_shifted_sums(load(h[n * HW * C + c]), s1, s2, HW, eps, mu, rs);
       mean[n * C + c] = static_cast<float>(mu);
       rstd[n * C + c] = static_cast<float>(rs);
     }

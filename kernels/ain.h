@@ -45,17 +45,6 @@ WSC_HD A ain_input_grad(A dhn, A hn, A rstd, A mean_dhn, A mean_dhn_hn) {
   return rstd * (dhn - mean_dhn - hn * mean_dhn_hn);
 }
 
-// mean and 1/sqrt(var + eps) of a plane from sums taken around a shift (a sample of the plane):
-// s1 = sum(x - shift), s2 = sum((x - shift)^2). Shifting keeps |mean| >> std exact enough.
-WSC_HD void ain_stats_from_shifted_sums(double shift, double s1, double s2, int64_t count, double eps,
-                                        double& mean, double& rstd) {
-  const double d = s1 / static_cast<double>(count);
-  double var = s2 / static_cast<double>(count) - d * d;
-  var = var < 0 ? 0 : var;
-  mean = shift + d;
-  rstd = 1.0 / sqrt(var + eps);
-}
-
 // CPU entry points (ain_cpu.cpp); T in float, double, half_t, bf16_t; S (saved statistics and
 // mask, and the per-channel/pixel scratch) is double for T = double, else float.
 // Layout: h, g_att, b_att, out (and their gradients) are (N, C, HW) in NCHW or NHWC order;

@@ -103,4 +103,16 @@ struct Layout {
 WSC_HD Layout nchw_layout(int64_t C, int64_t HW) { (void)C; return Layout{HW, 1}; }
 WSC_HD Layout nhwc_layout(int64_t C, int64_t HW) { (void)HW; return Layout{1, C}; }
 
+// Instance-norm statistics: mean and 1/sqrt(var + eps) of a plane from sums taken around a shift
+// (a sample of the plane): s1 = sum(x - shift), s2 = sum((x - shift)^2). Shifting keeps
+// |mean| >> std exact enough. Shared by ain and instance_norm_act.
+WSC_HD void stats_from_shifted_sums(double shift, double s1, double s2, int64_t count, double eps, double& mean,
+                                    double& rstd) {
+  const double d = s1 / static_cast<double>(count);
+  double var = s2 / static_cast<double>(count) - d * d;
+  var = var < 0 ? 0 : var;
+  mean = shift + d;
+  rstd = 1.0 / sqrt(var + eps);
+}
+
 }  // namespace wsc

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..nn.conv import Conv2d
+from ..nn.instance_norm_act import InstanceNormLeakyReLU
 
 LEAK = 0.2
 
@@ -19,7 +20,8 @@ def _positive_int(name: str, v) -> int:
 
 class PatchDiscriminator(nn.Module):
     """One PatchGAN: `num_layers` 4x4 convs (stride 2 except the last), LeakyReLU, instance
-    norm after the first, then a 4x4 conv to one logit per patch."""
+    norm after the first (norm and LeakyReLU as one fused layer: no parameters, so the state
+    dict is that of Conv2d, InstanceNorm2d, LeakyReLU), then a 4x4 conv to one logit per patch."""
 
     def __init__(self, in_channels: int = 3, base_channels: int = 64, num_layers: int = 4, max_channels: int = 512):
         super().__init__()
@@ -29,9 +31,8 @@ class PatchDiscriminator(nn.Module):
             cout = min(base_channels * 2 ** i, max_channels)
             stride = 2 if i < num_layers - 1 else 1
             block = [Conv2d(cin, cout, 4, stride=stride, padding=1)]
-            if i > 0:  # no norm on the first layer (pix2pixHD)
-                block.append(nn.InstanceNorm2d(cout))
-            block.append(nn.LeakyReLU(LEAK))
+            # no norm on the first layer (pix2pixHD)
+            block.append(InstanceNormLeakyReLU(cout, LEAK) if i > 0 else nn.LeakyReLU(LEAK))
             layers.append(nn.Sequential(*block))
             cin = cout
         layers.append(Conv2d(cin, 1, 4, stride=1, padding=1))

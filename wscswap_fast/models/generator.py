@@ -28,7 +28,7 @@ from torch import nn
 
 from .. import ops
 from ..nn import AIN, Conv2d
-from ..nn import set_backend as set_conv_backend
+from ..nn import set_backend as set_layer_backend
 from ..ops.ain import reference as ain_reference
 from ..ops.blend import reference as blend_reference
 from ..pipeline.masks import dilate_mask
@@ -283,7 +283,7 @@ class Generator(nn.Module):
         if name not in choices:
             raise ValueError(f"backend must be one of {choices}, got {name!r}")
         self.backend = name
-        set_conv_backend(self, name)  # its 3x3 convolutions (Winograd where it pays)
+        set_layer_backend(self, name)  # its 3x3 convolutions (Winograd where it pays)
         return self
 
     def _check(self, xt, mt, z_id=None):

@@ -1,5 +1,7 @@
 """Layers built on the fused ops."""
 from .ain import AIN
-from .conv import Conv2d, set_backend
+from .backend import set_backend
+from .conv import Conv2d
+from .instance_norm_act import InstanceNormLeakyReLU
 
-__all__ = ["AIN", "Conv2d", "set_backend"]
+__all__ = ["AIN", "Conv2d", "InstanceNormLeakyReLU", "set_backend"]

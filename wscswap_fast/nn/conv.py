@@ -66,17 +66,3 @@ class Conv2d(nn.Conv2d):
         if backend is None:
             return super().forward(x)
         return winograd_conv2d(x, self.weight, self.bias, self.padding[0], self.stride[0], backend=backend)
-
-
-def set_backend(module: nn.Module, name: str) -> nn.Module:
-    """Set the backend of every Conv2d in `module` ('auto', 'cuda', 'triton', 'cpu', 'reference'
-    or 'plain'); returns the module."""
-    from ..ops import BACKENDS
-
-    choices = BACKENDS + ("auto", "plain")
-    if name not in choices:
-        raise ValueError(f"backend must be one of {choices}, got {name!r}")
-    for m in module.modules():
-        if isinstance(m, Conv2d):
-            m.backend = name
-    return module

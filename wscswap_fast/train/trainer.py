@@ -144,11 +144,11 @@ class Trainer:
                       "regressor checkpoint given): the run exercises the code, but identity will not transfer "
                       "to real faces. Give model.identity_checkpoint / model.regressor_checkpoint for a real model.",
                       file=sys.stderr)
-        from ..nn import set_backend as set_conv_backend
+        from ..nn import set_backend as set_layer_backend
 
         for m in (self.discriminator, self.adversary, self.identity_encoder, self.regressor):
-            if m is not None:  # their 3x3/4x4 convolutions: Winograd where it pays (the generator's set above)
-                set_conv_backend(m, cfg.run.backend)
+            if m is not None:  # their fused layers: Winograd convolutions, D's instance norm + LeakyReLU
+                set_layer_backend(m, cfg.run.backend)
         self.memory_format = {"channels_last": torch.channels_last,
                               "contiguous": torch.contiguous_format}[cfg.run.memory_format]
         for m in self._networks():
