@@ -80,4 +80,4 @@ def test_winograd_backend_matches_reference():
     # (~1e-12 here): measured against the largest gradient, not their own size
     scale = max(g.norm().item() for g in grads_ref)
     for a, b in zip(feats + grads, feats_ref + grads_ref):
-        assert (a - b).norm().item() < 1e-10 * max(b.norm().item(), 1e-3 * scale)
+        assert (a - b).norm().item() < 1e-8 * max(b.norm().item(), 1e-3 * scale)
