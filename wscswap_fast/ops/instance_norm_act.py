@@ -46,7 +46,8 @@ def _reference_forward(x, eps, slope):
 def _reference_backward(grad, x, mean, rstd, slope):
     xs = x.to(mean.dtype)
     xhat = (xs - mean[:, :, None, None]) * rstd[:, :, None, None]
-    gp = grad.to(mean.dtype) * torch.where(xhat > 0, 1.0, slope)
+    g = grad.to(mean.dtype)
+    gp = torch.where(xhat > 0, g, g * slope)
     dx = rstd[:, :, None, None] * (gp - gp.mean(dim=(2, 3), keepdim=True)
                                    - xhat * (gp * xhat).mean(dim=(2, 3), keepdim=True))
     return dx.to(x.dtype)
@@ -55,7 +56,7 @@ def _reference_backward(grad, x, mean, rstd, slope):
 def check_inputs(x, eps, negative_slope) -> None:
     """Validate once, here: every backend may assume what this guarantees."""
     _checks.tensor("x", x, dims=4, dtypes=FLOAT_DTYPES)
-    if x.shape[2] * x.shape[3] == 0 and x.numel() > 0:
+    if x.shape[2] * x.shape[3] == 0 and x.shape[0] * x.shape[1] > 0:
         raise ValueError(f"x must have H*W >= 1 to normalise over, got {_checks.describe(x)}")
     if not isinstance(eps, (int, float)) or isinstance(eps, bool) or not eps > 0:
         raise ValueError(f"eps must be a positive number, got {eps!r}")
