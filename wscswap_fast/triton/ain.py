@@ -82,7 +82,7 @@ def _stats_kernel(h_ptr, mean_ptr, rstd_ptr, part_ptr, C, HW, c_stride, p_stride
     s1_sum = tl.sum(s1, axis=1)
     s2_sum = tl.sum(s2, axis=1)
     if DIRECT:
-        mean, rstd = _plane_stats(h_ptr, plane, s1_sum, s2_sum, HW, eps)
+        mean, rstd = _plane_stats(h_ptr, tl.where(c_ok, plane, 0), s1_sum, s2_sum, HW, eps)  # lanes past C: in bounds
         tl.store(mean_ptr + n * C + c, mean.to(tl.float32), mask=c_ok)
         tl.store(rstd_ptr + n * C + c, rstd.to(tl.float32), mask=c_ok)
     else:  # part is (2, splits, N*C)
