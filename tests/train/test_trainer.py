@@ -257,7 +257,11 @@ def test_bad_batch(tmp_path):
         trainer.train_step(batch)
     batch = random_batch(2)
     batch["target"] = batch["target"][:, :, :64, :64]
-    with pytest.raises(ValueError, match="xt must be"):
+    with pytest.raises(ValueError, match=r"batch\['target'\] \(xt\) must be \(N, 3, 128, 128\)"):
+        trainer.train_step(batch)
+    batch = random_batch(2)
+    batch["source"] = batch["source"][:1]
+    with pytest.raises(ValueError, match=r"batch\['target'\] \(xt\) must be .* one N"):
         trainer.train_step(batch)
 
 
