@@ -9,6 +9,11 @@ if not torch.cuda.is_available():
 
 from .backends import SHARED_DATA  # noqa: E402
 
+# The tests hold fp32 results to 1e-4 of each other and of float64: TF32 convolutions and
+# matmuls (cuDNN's default on Ampere and later) round to 10 mantissa bits.
+torch.backends.cudnn.allow_tf32 = False
+torch.backends.cuda.matmul.allow_tf32 = False
+
 
 @pytest.fixture
 def shared_data():

@@ -69,7 +69,7 @@ def test_reductions_and_mask_shapes(backend, reduction, mask_shape):
     m = {"none": None, "N1HW": mask, "NHW": mask[:, 0]}[mask_shape]
     got = photometric_loss(image, vertices, triangles, vertex_colors=colors, mask=m, reduction=reduction,
                            backend=backend)
-    per_sample = reference(image.cpu().double(), vertices.cpu().double(), triangles, colors.cpu().double(),
+    per_sample = reference(image.cpu().double(), vertices.cpu().double(), triangles.cpu(), colors.cpu().double(),
                            None if m is None else mask[:, 0].cpu().double())
     want = {"mean": per_sample.mean(), "sum": per_sample.sum(), "none": per_sample}[reduction]
     assert got.shape == want.shape

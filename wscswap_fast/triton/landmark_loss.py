@@ -19,7 +19,7 @@ import triton
 import triton.language as tl
 
 NUM_WARPS = 4
-WEIGHT_FLOOR = 1e-12
+WEIGHT_FLOOR = tl.constexpr(1e-12)  # a kernel reads only constexpr globals
 
 
 @triton.jit

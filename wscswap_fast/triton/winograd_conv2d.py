@@ -59,15 +59,16 @@ def _coefficients(r: int) -> dict:
 # ---- per-tile algebra on tuples of vectors (one vector per tile position, row-major)
 
 @triton.jit
-def _lincomb(v, coef: tl.constexpr, first: tl.constexpr, stride: tl.constexpr):
-    """sum_k coef[k] * v[first + k*stride]; zero coefficients generate no code."""
+def _lincomb(v, M: tl.constexpr, row: tl.constexpr, first: tl.constexpr, stride: tl.constexpr):
+    """sum_k M[row][k] * v[first + k*stride]; zero coefficients generate no code. The whole
+    matrix is the constexpr (Triton before 3.9 cannot pass a row of a constexpr tuple on)."""
     acc = None
-    for k in tl.static_range(len(coef)):
-        if coef[k] != 0.0:
+    for k in tl.static_range(len(M[row])):
+        if M[row][k] != 0.0:
             if acc is None:
-                acc = v[first + k * stride] * coef[k]
+                acc = v[first + k * stride] * M[row][k]
             else:
-                acc = acc + v[first + k * stride] * coef[k]
+                acc = acc + v[first + k * stride] * M[row][k]
     return acc
 
 
@@ -78,11 +79,11 @@ def _sandwich(x, L: tl.constexpr, R: tl.constexpr):
     t = ()  # L @ x, len(L) x inner
     for i in tl.static_range(len(L)):
         for j in tl.static_range(inner):
-            t = t + (_lincomb(x, L[i], j, inner),)
+            t = t + (_lincomb(x, L, i, j, inner),)
     out = ()
     for i in tl.static_range(len(L)):
         for j in tl.static_range(len(R)):
-            out = out + (_lincomb(t, R[j], i * inner, 1),)
+            out = out + (_lincomb(t, R, j, i * inner, 1),)
     return out
 
 
