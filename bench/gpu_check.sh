@@ -11,7 +11,7 @@
 #
 # Python: the active virtualenv; else a python3 that already has a CUDA torch (an offline GPU
 # image); else $VENV (default .venv), created with torch from PyPI. DEADLINE (seconds, default
-# 3600) bounds the whole run: the steps after the build share what is left, so a lease that ends
+# 3600) bounds the whole run (TEST_PATHS narrows the tests, SUITES the benchmark): the steps after the build share what is left, so a lease that ends
 # still returns the test log and every benchmark suite finished so far.
 set -uo pipefail
 
@@ -73,7 +73,7 @@ echo "build finished at ${SECONDS}s" | tee -a "$out/gpu.txt"
 xdist=()
 $py -c "import xdist" 2>/dev/null && xdist=(-n "${TEST_WORKERS:-8}")
 tests_status=0
-run_for "${TEST_SECONDS:-1800}" $py -m pytest tests -k "cuda or triton or gpu" "${xdist[@]}" \
+run_for "${TEST_SECONDS:-1800}" $py -m pytest ${TEST_PATHS:-tests} -k "cuda or triton or gpu" "${xdist[@]}" \
   --continue-on-collection-errors -q -rfEs >"$out/pytest_gpu.txt" 2>&1 || tests_status=$?
 tail -n 3 "$out/pytest_gpu.txt" | tee -a "$out/gpu.txt"
 echo "tests finished at ${SECONDS}s" | tee -a "$out/gpu.txt"
