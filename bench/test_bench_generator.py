@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from wscswap_fast import ops
-from wscswap_fast.benchmarks.generator import CASES, _infer, _inputs, build, fused_backends
+from wscswap_fast.benchmarks.generator import CASES, _infer, _inputs, build
+from wscswap_fast.benchmarks.harness import fused_backends
 
 CONTENDERS = ["reference", "torch.compile", "torch.compile (plain)", "cpu", "cuda", "triton",
               "torch.compile (cpu)", "torch.compile (cuda)", "torch.compile (triton)"]

@@ -10,7 +10,7 @@ import torch
 
 from .. import ops
 from ..ops.ain import reference
-from .harness import Row, finish_rows, time_interleaved
+from .harness import Row, finish_rows, fused_backends, time_interleaved
 
 SHAPES = {"full": [(8, 512, 16, 16), (8, 256, 64, 64), (8, 64, 256, 256)], "quick": [(2, 16, 8, 8)]}
 
@@ -36,8 +36,7 @@ def _eager(*args):
 def run(device: torch.device, quick: bool = False, copy_gbps: float = 1.0, seconds: float = 1.5) -> list:
     dtypes = [torch.float32] + ([torch.bfloat16] if device.type == "cuda" else [])
     compiled = torch.compile(_eager)
-    backends = [b for b, ok in ops.available().items()
-                if ok is True and b != "reference" and not (b == "triton" and device.type != "cuda")]
+    backends = fused_backends(device)
     rows = []
     for shape in SHAPES["quick" if quick else "full"]:
         for dtype in dtypes:

@@ -8,7 +8,7 @@ import torch
 
 from .. import ops
 from ..ops.blend import reference
-from .harness import Row, finish_rows, time_interleaved
+from .harness import Row, finish_rows, fused_backends, time_interleaved
 
 SHAPES = {"full": [(16, 3, 256, 256)], "quick": [(2, 3, 32, 32)]}
 
@@ -43,9 +43,8 @@ def run(device: torch.device, quick: bool = False, copy_gbps: float = 1.0, secon
             face, bg, mask, grad = _inputs(shape, dtype, device)
             contenders = {"eager": _step(reference, face, bg, mask, grad),
                           "torch.compile": _step(compiled, face, bg, mask, grad)}
-            for backend, ok in ops.available().items():
-                if ok is True and backend != "reference" and not (backend == "triton" and device.type != "cuda"):
-                    contenders[backend] = _step(lambda f, b, m, be=backend: ops.blend(f, b, m, backend=be), face, bg, mask, grad)
+            for backend in fused_backends(device):
+                contenders[backend] = _step(lambda f, b, m, be=backend: ops.blend(f, b, m, backend=be), face, bg, mask, grad)
             times = time_interleaved(contenders, device, seconds=seconds)
             case = f"fwd+bwd {tuple(shape)} {str(dtype).replace('torch.', '')}"
             case_rows = [Row("blend", case, name, t * 1e3, bytes=minimal_bytes(shape, dtype)) for name, t in times.items()]

@@ -11,9 +11,8 @@ time per batch and faces/s; no byte floor (the convs make it compute-bound).
 import torch
 import torch.nn.functional as F
 
-from .. import ops
 from ..models.generator import Generator, GeneratorConfig
-from .harness import Row, finish_rows, time_interleaved
+from .harness import Row, finish_rows, fused_backends, time_interleaved
 
 LEGEND = "generator: vs eager = the model on the reference backend; faces/s in the note column"
 
@@ -55,13 +54,6 @@ def contenders(res: int, batch: int, width: float, device, compiled: bool = True
         if compiled:  # Inductor fuses the rest of the graph around the fused ops
             out[f"torch.compile ({backend})"] = _infer(torch.compile(model), inputs)
     return out
-
-
-def fused_backends(device) -> list:
-    """The fused backends that serve `device` here (triton only on a GPU: on the CPU it is the
-    interpreter)."""
-    serve = {"cpu": ("cpu",), "cuda": ("cuda", "triton")}.get(device.type, ())
-    return [b for b, ok in ops.available().items() if ok is True and b in serve]
 
 
 def run(device: torch.device, quick: bool = False, copy_gbps: float = 1.0, seconds: float = 1.5) -> list:

@@ -53,6 +53,15 @@ def time_interleaved(contenders: dict, device: torch.device, seconds: float = 1.
     return {name: statistics.median(s) for name, s in samples.items()}
 
 
+def fused_backends(device: torch.device) -> list:
+    """The fused backends that run natively on device: cpu on the CPU; cuda and triton on a GPU
+    (triton on the CPU is its interpreter, never a contender)."""
+    from .. import ops
+
+    native = {"cpu": ("cpu",), "cuda": ("cuda", "triton")}[device.type]
+    return [b for b, ok in ops.available().items() if ok is True and b in native]
+
+
 def copy_bandwidth(device: torch.device, megabytes: int = 512) -> float:
     """GB/s of a large tensor copy (bytes read + bytes written). The buffers together are 2x
     `megabytes`, more than the CPU's last-level cache, so this is memory bandwidth."""

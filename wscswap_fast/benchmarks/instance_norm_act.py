@@ -10,7 +10,7 @@ import torch
 
 from .. import ops
 from ..ops.instance_norm_act import reference
-from .harness import Row, finish_rows, time_interleaved
+from .harness import Row, finish_rows, fused_backends, time_interleaved
 
 SHAPES = {"full": [(8, 128, 64, 64), (8, 256, 32, 32), (8, 512, 31, 31)], "quick": [(2, 16, 8, 8)]}
 
@@ -24,9 +24,7 @@ def minimal_bytes(shape, dtype, backward: bool) -> int:
 def run(device: torch.device, quick: bool = False, copy_gbps: float = 1.0, seconds: float = 1.5) -> list:
     dtypes = [torch.float32] + ([torch.bfloat16] if device.type == "cuda" else [])
     compiled = torch.compile(reference)
-    backends = [b for b, ok in ops.available().items()
-                if ok is True and b != "reference" and not (b == "triton" and device.type != "cuda")
-                and not (b == "cpu" and device.type != "cpu") and not (b == "cuda" and device.type != "cuda")]
+    backends = fused_backends(device)
     rows = []
     for shape in SHAPES["quick" if quick else "full"]:
         for dtype in dtypes:

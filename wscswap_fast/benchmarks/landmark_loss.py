@@ -30,7 +30,7 @@ import torch
 from .. import ops
 from ..models.camera import perspective, transform
 from ..ops.landmark_loss import reference, rest_landmarks
-from .harness import Row, finish_rows, time_interleaved
+from .harness import Row, finish_rows, fused_backends, time_interleaved
 
 MODELS = {"SFM-sized": (3448, 63, 6), "BFM-sized": (35709, 80, 64)}
 BATCH = {"full": 64, "quick": 8}
@@ -99,9 +99,8 @@ def contenders(model, leaves, rest, device, compiled=None) -> dict:
     }
     if compiled is not None:
         out["torch.compile"] = step(compiled, leaves, rest)
-    for backend, ok in ops.available().items():
-        if ok is True and backend != "reference" and not (backend == "triton" and device.type != "cuda"):
-            out[backend] = step(lambda *a, be=backend: ops.landmark_loss(*a, **CAMERA, backend=be), leaves, rest)
+    for backend in fused_backends(device):
+        out[backend] = step(lambda *a, be=backend: ops.landmark_loss(*a, **CAMERA, backend=be), leaves, rest)
     return out
 
 

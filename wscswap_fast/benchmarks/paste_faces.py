@@ -11,7 +11,7 @@ import torch
 from .. import ops
 from ..ops.paste_faces import plan
 from ..ops.paste_faces_opencv import opencv_paste
-from .harness import Row, finish_rows, time_interleaved
+from .harness import Row, finish_rows, fused_backends, time_interleaved
 
 FEATHER = 5
 
@@ -56,10 +56,9 @@ def run(device: torch.device, quick: bool = False, copy_gbps: float = 1.0, secon
         frames, crops, masks, affines, frame_idx = make_case(faces, size, height, width, device)
         np_args = [t.cpu().numpy() for t in (frames, crops, masks, affines, frame_idx)]
         contenders = {"opencv": lambda: opencv_paste(*np_args, feather=FEATHER)}
-        for backend, ok in ops.available().items():
-            if ok is True and backend != "reference" and not (backend == "triton" and device.type != "cuda"):
-                contenders[backend] = lambda be=backend: ops.paste_faces(
-                    frames, crops, masks, affines, frame_idx, feather=FEATHER, out=frames, backend=be)
+        for backend in fused_backends(device):
+            contenders[backend] = lambda be=backend: ops.paste_faces(
+                frames, crops, masks, affines, frame_idx, feather=FEATHER, out=frames, backend=be)
         times = time_interleaved(contenders, device, seconds=seconds)
         case = f"{faces} face{'s' if faces > 1 else ''} {size}px, {width}x{height}, feather {FEATHER}"
         nbytes = minimal_bytes(frames, crops, affines, frame_idx)

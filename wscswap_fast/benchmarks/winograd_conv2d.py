@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from .. import ops
 from ..ops.winograd_conv2d import output_size
-from .harness import Row, finish_rows, time_interleaved
+from .harness import Row, finish_rows, fused_backends, time_interleaved
 
 LEGEND = ("winograd_conv2d: vs eager = F.conv2d; note = direct-equivalent GFLOP/s and its share of the measured sgemm "
           "rate (Winograd multiplies less, so it can pass 100%)")
@@ -43,9 +43,7 @@ def sgemm_gflops(device: torch.device) -> float:
 
 
 def run(device: torch.device, quick: bool = False, copy_gbps: float = 1.0, seconds: float = 1.5) -> list:
-    backends = [b for b, ok in ops.available().items()
-                if ok is True and b != "reference" and not (b == "triton" and device.type != "cuda")
-                and not (b == "cpu" and device.type != "cpu") and not (b == "cuda" and device.type != "cuda")]
+    backends = fused_backends(device)
     peak = sgemm_gflops(device)
     rows = []
     for label, shape, k, r, padding, stride in SHAPES["quick" if quick else "full"]:
