@@ -31,7 +31,9 @@ def sync(device: torch.device):
 def time_interleaved(contenders: dict, device: torch.device, seconds: float = 1.0, warmup: int = 3,
                      max_reps: int = 200) -> dict:
     """Median seconds per call of each contender. Calls run in rounds, one of each contender
-    per round, so a noisy neighbour slows all of them alike."""
+    per round, so a noisy neighbour slows all of them alike. On a GPU a sample is a burst of
+    calls between two synchronisations, at least ~2 ms of them: one synchronised call would time
+    the launch latency and the host's overhead, not the op (kernels of a few microseconds)."""
     for fn in contenders.values():
         for _ in range(warmup):
             fn()
@@ -42,14 +44,18 @@ def time_interleaved(contenders: dict, device: torch.device, seconds: float = 1.
         fn()
         sync(device)
         probe[name] = time.perf_counter() - t0
-    rounds = int(max(5, min(max_reps, seconds / max(sum(probe.values()), 1e-6))))
+    burst = {name: max(1, min(100, int(2e-3 / max(p, 1e-7)))) if device.type == "cuda" else 1
+             for name, p in probe.items()}
+    per_round = sum(probe[n] * burst[n] for n in contenders)
+    rounds = int(max(5, min(max_reps, seconds / max(per_round, 1e-6))))
     samples = {name: [] for name in contenders}
     for _ in range(rounds):
         for name, fn in contenders.items():
             t0 = time.perf_counter()
-            fn()
+            for _ in range(burst[name]):
+                fn()
             sync(device)
-            samples[name].append(time.perf_counter() - t0)
+            samples[name].append((time.perf_counter() - t0) / burst[name])
     return {name: statistics.median(s) for name, s in samples.items()}
 
 
