@@ -40,6 +40,13 @@ def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
 
 
+def conditioned_error(got: torch.Tensor, want: torch.Tensor, magnitude: torch.Tensor) -> float:
+    """|got - want| / |magnitude| in float64, magnitude being the result computed on the terms'
+    absolute values: the error of a sum relative to the size of its terms (its conditioning)."""
+    d = got.detach().double() - want.detach().double()
+    return (d.norm() / magnitude.detach().double().norm().clamp_min(1e-30)).item()
+
+
 def assert_gradients_close(g_fast: dict, g_ref: dict, g_64: dict, min_strict: float) -> None:
     """Fused gradients against the fp32 reference, each judged by how well conditioned it is:
     within 1e-4 of the reference where the reference itself is within 1e-5 of float64, else

@@ -5,7 +5,7 @@ import torch
 from wscswap_fast.ops import BackendUnavailable, blend
 from wscswap_fast.ops.blend import reference
 
-from ..backends import ALL_BACKENDS, require
+from ..backends import ALL_BACKENDS, conditioned_error, require
 
 SHAPES = [(1, 3, 17, 31), (2, 5, 1, 1), (3, 1, 7, 13), (2, 4, 9, 8)]
 TOLERANCE = {torch.float32: 1e-5, torch.float16: 1e-2, torch.bfloat16: 1e-2, torch.float64: 1e-12}
@@ -51,11 +51,18 @@ def test_forward_and_gradients_match_float64_reference(backend, dtype, layout, s
     ref_grads = torch.autograd.grad(ref, ref_leaves, grad.double())
 
     tol = TOLERANCE[dtype]
+    f, b, m, g = (t.double() for t in (face, bg, mask, grad))
     assert out.dtype == dtype and out.shape == face.shape
-    assert _rel_err(out, ref) < tol
+    # m*f + (1-m)*b cancels where f and b differ in sign: judged against m|f| + (1-m)|b|
+    assert conditioned_error(out, ref, m * f.abs() + (1 - m) * b.abs()) < tol
     for name, got, want in zip(("face", "background", "mask"), grads, ref_grads):
         assert got.dtype == dtype and got.shape == want.shape, name
-        assert _rel_err(got, want) < tol * (shape[1] if name == "mask" else 1), name
+        if name != "mask":
+            assert _rel_err(got, want) < tol, name
+    # The mask gradient sums (face - background) * grad over the channels, which can cancel:
+    # judged against the sum of the terms' magnitudes (each term rounds ~3 times in 16 bits).
+    terms = ((f.abs() + b.abs()) * g.abs()).sum(1, keepdim=True)
+    assert conditioned_error(grads[2], ref_grads[2], terms) < 3 * tol, "mask"
 
 
 @pytest.mark.parametrize("backend", ALL_BACKENDS)
