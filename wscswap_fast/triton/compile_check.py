@@ -58,7 +58,9 @@ class CompileRecorder:
         signature, constexprs = {}, {}
         for param in fn.params:
             value = bound.arguments[param.name]
-            if param.is_constexpr or value is None:
+            # as at a real launch: an int equal to 1 arrives as a constexpr unless excluded
+            one = type(value) is int and value == 1 and not param.do_not_specialize
+            if param.is_constexpr or value is None or one:
                 signature[param.name] = "constexpr"
                 constexprs[param.name] = value
             elif isinstance(value, torch.Tensor):
