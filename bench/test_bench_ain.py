@@ -11,11 +11,8 @@ CONTENDERS = ["eager", "torch.compile", "cpu", "cuda", "triton"]
 @pytest.mark.parametrize("backward", [False, True], ids=["fwd", "fwd+bwd"])
 @pytest.mark.parametrize("contender", CONTENDERS)
 @pytest.mark.parametrize("shape", SHAPES["full"], ids=str)
-def test_ain(benchmark, device, sync, contender, shape, backward):
-    if contender in ops.BACKENDS and ops.available()[contender] is not True:
-        pytest.skip(f"{contender}: {ops.available()[contender]}")
-    if contender in ("cuda", "triton") and device.type != "cuda" or contender == "cpu" and device.type != "cpu":
-        pytest.skip(f"{contender} does not run on {device}")
+def test_ain(benchmark, device, sync, skip_unless_native, contender, shape, backward):
+    skip_unless_native(contender, device)
     fn = {"eager": _eager, "torch.compile": torch.compile(_eager)}.get(
         contender, lambda *a: ops.ain(*a, backend=contender))
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32

@@ -11,11 +11,8 @@ CONTENDERS = ["eager", "torch.compile", "cpu", "cuda", "triton"]
 
 @pytest.mark.parametrize("contender", CONTENDERS)
 @pytest.mark.parametrize("shape", SHAPES["full"], ids=str)
-def test_blend_forward_backward(benchmark, device, sync, contender, shape):
-    if contender in ops.BACKENDS and ops.available()[contender] is not True:
-        pytest.skip(f"{contender}: {ops.available()[contender]}")
-    if contender in ("cuda", "triton") and device.type != "cuda" or contender == "cpu" and device.type != "cpu":
-        pytest.skip(f"{contender} does not run on {device}")
+def test_blend_forward_backward(benchmark, device, sync, skip_unless_native, contender, shape):
+    skip_unless_native(contender, device)
     fn = {"eager": reference, "torch.compile": torch.compile(reference)}.get(
         contender, lambda f, b, m: ops.blend(f, b, m, backend=contender))
     step = _step(fn, *_inputs(shape, torch.float32, device))

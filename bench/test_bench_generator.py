@@ -3,9 +3,7 @@ each contender in one group per resolution and device."""
 import pytest
 import torch
 
-from wscswap_fast import ops
 from wscswap_fast.benchmarks.generator import CASES, _infer, _inputs, build
-from wscswap_fast.benchmarks.harness import fused_backends
 
 CONTENDERS = ["reference", "torch.compile", "torch.compile (plain)", "cpu", "cuda", "triton",
               "torch.compile (cpu)", "torch.compile (cuda)", "torch.compile (triton)"]
@@ -13,11 +11,10 @@ CONTENDERS = ["reference", "torch.compile", "torch.compile (plain)", "cpu", "cud
 
 @pytest.mark.parametrize("contender", CONTENDERS)
 @pytest.mark.parametrize("case", CASES["full"], ids=lambda c: f"{c[0]}px-b{c[1]}-w{c[2]:g}")
-def test_generator_inference(benchmark, device, sync, contender, case):
+def test_generator_inference(benchmark, device, sync, skip_unless_native, contender, case):
     compiled = contender.startswith("torch.compile")
     backend = {"torch.compile": "reference"}.get(contender, contender.removeprefix("torch.compile (").rstrip(")"))
-    if backend in ops.BACKENDS and backend != "reference" and backend not in fused_backends(device):
-        pytest.skip(f"{backend} does not run on {device} here: {ops.available()[backend]}")
+    skip_unless_native(backend, device)
     res, batch, width = case
     model = build(res, width, backend, device)
     if compiled:

@@ -3,7 +3,6 @@ SFM-sized and BFM-sized synthetic models of benchmarks/landmark_loss.py, each co
 import pytest
 import torch
 
-from wscswap_fast import ops
 from wscswap_fast.benchmarks.landmark_loss import BATCH, MODELS, contenders, flops, gathered_eager, make_case, make_model
 
 CONTENDERS = ["eager full mesh", "eager", "torch.compile", "cpu", "cuda", "triton"]
@@ -12,11 +11,8 @@ _COMPILED = torch.compile(gathered_eager, dynamic=False)
 
 @pytest.mark.parametrize("contender", CONTENDERS)
 @pytest.mark.parametrize("model_name", list(MODELS))
-def test_landmark_loss_forward_backward(benchmark, device, sync, contender, model_name):
-    if contender in ops.BACKENDS and ops.available()[contender] is not True:
-        pytest.skip(f"{contender}: {ops.available()[contender]}")
-    if contender in ("cuda", "triton") and device.type != "cuda" or contender == "cpu" and device.type != "cpu":
-        pytest.skip(f"{contender} does not run on {device}")
+def test_landmark_loss_forward_backward(benchmark, device, sync, skip_unless_native, contender, model_name):
+    skip_unless_native(contender, device)
     model = make_model(*MODELS[model_name], device)
     leaves, rest = make_case(model, BATCH["full"], device)
     step = contenders(model, leaves, rest, device, _COMPILED)[contender]

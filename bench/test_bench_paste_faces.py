@@ -8,11 +8,8 @@ from wscswap_fast.ops.paste_faces_opencv import opencv_paste
 
 @pytest.mark.parametrize("contender", ["opencv", "cpu", "cuda", "triton"])
 @pytest.mark.parametrize("faces", [1, 4])
-def test_paste_faces_1080p(benchmark, device, sync, contender, faces):
-    if contender in ops.BACKENDS and ops.available()[contender] is not True:
-        pytest.skip(f"{contender}: {ops.available()[contender]}")
-    if contender in ("cuda", "triton") and device.type != "cuda" or contender == "cpu" and device.type != "cpu":
-        pytest.skip(f"{contender} does not run on {device}")
+def test_paste_faces_1080p(benchmark, device, sync, skip_unless_native, contender, faces):
+    skip_unless_native(contender, device)
     frames, crops, masks, affines, frame_idx = make_case(faces, 256, 1080, 1920, device)
     if contender == "opencv":
         args = [t.cpu().numpy() for t in (frames, crops, masks, affines, frame_idx)]

@@ -3,22 +3,14 @@ Surrey Face Model (or its synthetic stand-in, see benchmarks/rasterize.py), the 
 256x256 batch 8 and the brute-force reference at 64x64 batch 1 (where it is feasible)."""
 import pytest
 
-from wscswap_fast import ops
 from wscswap_fast.benchmarks.rasterize import CASES, make_case, minimal_bytes, sfm_mesh, step, synthetic_mesh
 
 MESH = sfm_mesh() or synthetic_mesh()
 
 
-def _skip_unless_serves(contender, device):
-    if ops.available()[contender] is not True:
-        pytest.skip(f"{contender}: {ops.available()[contender]}")
-    if contender == "cuda" and device.type != "cuda" or contender == "cpu" and device.type != "cpu":
-        pytest.skip(f"{contender} does not run on {device}")
-
-
 @pytest.mark.parametrize("contender", ["cpu", "cuda"])
-def test_photometric_forward_backward(benchmark, device, sync, contender):
-    _skip_unless_serves(contender, device)
+def test_photometric_forward_backward(benchmark, device, sync, skip_unless_native, contender):
+    skip_unless_native(contender, device)
     batch, side = CASES["full"][0]
     case, tris = make_case(MESH, batch, side, device, seed=1)
     run = step(case, tris, contender)
@@ -28,10 +20,9 @@ def test_photometric_forward_backward(benchmark, device, sync, contender):
 
 
 @pytest.mark.parametrize("contender", ["reference", "cpu", "cuda"])
-def test_photometric_forward_backward_small(benchmark, device, sync, contender):
+def test_photometric_forward_backward_small(benchmark, device, sync, skip_unless_native, contender):
     """The size where the brute-force reference is timed (seconds per call)."""
-    if contender != "reference":
-        _skip_unless_serves(contender, device)
+    skip_unless_native(contender, device)
     batch, side = CASES["full"][1]
     case, tris = make_case(MESH, batch, side, device)
     run = step(case, tris, contender)

@@ -13,11 +13,8 @@ CONTENDERS = ["eager", "torch.compile", "cpu", "cuda", "triton"]
 @pytest.mark.parametrize("backward", [False, True], ids=["fwd", "fwd+bwd"])
 @pytest.mark.parametrize("contender", CONTENDERS)
 @pytest.mark.parametrize("case", SHAPES["full"], ids=lambda c: c[0])
-def test_winograd_conv2d(benchmark, device, sync, contender, case, backward):
-    if contender in ops.BACKENDS and ops.available()[contender] is not True:
-        pytest.skip(f"{contender}: {ops.available()[contender]}")
-    if contender in ("cuda", "triton") and device.type != "cuda" or contender == "cpu" and device.type != "cpu":
-        pytest.skip(f"{contender} does not run on {device}")
+def test_winograd_conv2d(benchmark, device, sync, skip_unless_native, contender, case, backward):
+    skip_unless_native(contender, device)
     label, shape, k, r, padding, stride = case
 
     def eager(x, w, b):

@@ -3,7 +3,6 @@ and backward) at 256^2 batch 4, fused backend vs reference backend vs torch.comp
 without the frozen encoders (see wscswap_fast/benchmarks/train_step.py)."""
 import pytest
 
-from wscswap_fast import ops
 from wscswap_fast.benchmarks.train_step import SETTINGS, make_batch, make_trainer, peak_memory, step_fn
 
 CL = "channels_last"
@@ -15,12 +14,9 @@ CONTENDERS = [("reference", "reference", False, CL), ("reference NCHW", "referen
 
 @pytest.mark.parametrize("encoders", [True, False], ids=["full step", "G+D step"])
 @pytest.mark.parametrize("contender", CONTENDERS, ids=[c[0] for c in CONTENDERS])
-def test_train_step(benchmark, device, sync, contender, encoders):
+def test_train_step(benchmark, device, sync, skip_unless_native, contender, encoders):
     name, backend, compiled, memory_format = contender
-    if backend != "reference" and ops.available()[backend] is not True:
-        pytest.skip(f"{backend}: {ops.available()[backend]}")
-    if backend == "cuda" and device.type != "cuda" or backend == "cpu" and device.type != "cpu":
-        pytest.skip(f"{backend} does not run on {device}")
+    skip_unless_native(backend, device)
     setting = SETTINGS["full"]
     trainer = make_trainer(setting, backend, device, compiled, memory_format)
     step = step_fn(trainer, make_batch(setting, device), encoders)
