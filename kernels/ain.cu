@@ -780,32 +780,6 @@ void launch(const char* what, void (*kernel)(Params...), int64_t work, size_t sm
   check_launch(what);
 }
 
-// Stream-ordered scratch, released on the same stream when this object dies (also on errors).
-class Scratch {
- public:
-  Scratch(size_t bytes, cudaStream_t stream) : stream_(stream) {
-    if (bytes == 0) return;
-    const cudaError_t err = cudaMallocAsync(&base_, bytes, stream);
-    if (err != cudaSuccess) {
-      cudaGetLastError();
-      base_ = nullptr;
-      throw std::runtime_error("ain (CUDA): cudaMallocAsync of " + std::to_string(bytes) +
-                               " bytes of scratch failed: " + cudaGetErrorString(err));
-    }
-  }
-  ~Scratch() {
-    if (base_) cudaFreeAsync(base_, stream_);
-  }
-  Scratch(const Scratch&) = delete;
-  Scratch& operator=(const Scratch&) = delete;
-  template <typename U>
-  U* at(size_t offset) const { return reinterpret_cast<U*>(static_cast<unsigned char*>(base_) + offset); }
-
- private:
-  void* base_ = nullptr;
-  cudaStream_t stream_;
-};
-
 // Offsets of consecutive scratch arrays, each 256-byte aligned.
 struct ScratchLayout {
   size_t total = 0;
@@ -894,7 +868,7 @@ void forward_nhwc_groups(const T* h, const T* g_id, const T* b_id, const T* g_at
   const int64_t rows = N * r.chunks;
   ScratchLayout layout;
   const size_t at_part = layout.add<float>(2 * rows * C);
-  Scratch scratch(layout.total, s);
+  StreamScratch scratch(layout.total, s, "ain");
   float* part = scratch.at<float>(at_part);
   launch("ain_stats_nhwc", ain_stats_nhwc<T, V, KP>, rows, 0, s, h, part, C, HW, r.chunk, r.chunks, rows, G);
   launch("ain_stats_nhwc_finish", ain_stats_nhwc_finish<T>, N * ceil_div(C, 32), 0, s, h, part, mean, rstd, N, C,
@@ -941,7 +915,7 @@ void backward_common(const BackwardArgs<T>& a, int64_t chunks, cudaStream_t s, S
   const size_t at_row_dz = layout.add<float>(rows), at_mean_dhn_base = layout.add<float>(a.N * a.C);
   const size_t at_mean_dhn_hn = layout.add<float>(a.N * a.C), at_mean_dz = layout.add<float>(a.N);
   const size_t at_dz_hn = layout.add<double>(a.N * a.C), at_dz_total = layout.add<double>(a.N);
-  Scratch scratch(layout.total, s);
+  StreamScratch scratch(layout.total, s, "ain");
   const BackwardScratch b{scratch.at<float>(at_dz),          scratch.at<float>(at_part),
                           scratch.at<float>(at_row_dz),      scratch.at<float>(at_mean_dhn_base),
                           scratch.at<float>(at_mean_dhn_hn), scratch.at<float>(at_mean_dz),

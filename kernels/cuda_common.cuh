@@ -47,5 +47,32 @@ inline int grid_blocks(int64_t work_items, int threads) {
   return static_cast<int>(needed < 1 ? 1 : (needed < cap ? needed : cap));
 }
 
+// Stream-ordered scratch from cudaMallocAsync, released on the same stream when this object dies
+// (also on errors); `op` names the caller in the allocation error.
+class StreamScratch {
+ public:
+  StreamScratch(size_t bytes, cudaStream_t stream, const char* op) : stream_(stream) {
+    if (bytes == 0) return;
+    const cudaError_t err = cudaMallocAsync(&base_, bytes, stream);
+    if (err != cudaSuccess) {
+      cudaGetLastError();
+      base_ = nullptr;
+      throw std::runtime_error(std::string(op) + " (CUDA): cudaMallocAsync of " + std::to_string(bytes) +
+                               " bytes of scratch failed: " + cudaGetErrorString(err));
+    }
+  }
+  ~StreamScratch() {
+    if (base_) cudaFreeAsync(base_, stream_);
+  }
+  StreamScratch(const StreamScratch&) = delete;
+  StreamScratch& operator=(const StreamScratch&) = delete;
+  template <typename U>
+  U* at(size_t offset) const { return reinterpret_cast<U*>(static_cast<unsigned char*>(base_) + offset); }
+
+ private:
+  void* base_ = nullptr;
+  cudaStream_t stream_;
+};
+
 }  // namespace cuda_common
 }  // namespace wsc

@@ -474,31 +474,6 @@ void launch(const char* what, void (*kernel)(Params...), int blocks, cudaStream_
   check_launch(what);
 }
 
-// Stream-ordered fp32 scratch, released on the same stream when this object dies (also on errors).
-class Scratch {
- public:
-  Scratch(int64_t count, cudaStream_t stream) : stream_(stream) {
-    const size_t bytes = static_cast<size_t>(count) * sizeof(float);
-    const cudaError_t err = cudaMallocAsync(reinterpret_cast<void**>(&base_), bytes, stream);
-    if (err != cudaSuccess) {
-      cudaGetLastError();
-      base_ = nullptr;
-      throw std::runtime_error("instance_norm_act (CUDA): cudaMallocAsync of " + std::to_string(bytes) +
-                               " bytes of scratch failed: " + cudaGetErrorString(err));
-    }
-  }
-  ~Scratch() {
-    if (base_) cudaFreeAsync(base_, stream_);
-  }
-  Scratch(const Scratch&) = delete;
-  Scratch& operator=(const Scratch&) = delete;
-  float* get() const { return base_; }
-
- private:
-  float* base_ = nullptr;
-  cudaStream_t stream_;
-};
-
 template <typename T>
 bool aligned_16(std::initializer_list<const T*> pointers) {
   for (const T* p : pointers)
@@ -523,9 +498,10 @@ template <typename T, int V>
 void forward_nhwc(const T* x, T* y, float* mean, float* rstd, int64_t N, int64_t C, int64_t HW, double eps,
                   float slope, cudaStream_t s) {
   const NhwcPlan pl = nhwc_plan(N, C, HW, V, sm_count());
-  Scratch part(2 * pl.rows * C, s);
-  launch("ina_stats_nhwc", ina_stats_nhwc<T, V>, block_grid(pl.blocks), s, x, part.get(), C, HW, pl);
-  launch("ina_finish_nhwc", ina_finish_nhwc<true, T>, block_grid(N * ceil_div(C, 32)), s, part.get(), x, mean, rstd,
+  StreamScratch scratch(2 * pl.rows * C * sizeof(float), s, "instance_norm_act");
+  float* part = scratch.at<float>(0);
+  launch("ina_stats_nhwc", ina_stats_nhwc<T, V>, block_grid(pl.blocks), s, x, part, C, HW, pl);
+  launch("ina_finish_nhwc", ina_finish_nhwc<true, T>, block_grid(N * ceil_div(C, 32)), s, part, x, mean, rstd,
          N, C, HW, pl, eps);
   launch("ina_forward_nhwc", ina_forward_nhwc<T, V>, grid_blocks(N * HW * C / V, kThreads), s, x, y, mean, rstd, N, C,
          HW, slope);
@@ -535,8 +511,9 @@ template <typename T, int V>
 void backward_nhwc(const T* dy, const T* x, const float* mean, const float* rstd, T* dx, int64_t N, int64_t C,
                    int64_t HW, float slope, cudaStream_t s) {
   const NhwcPlan pl = nhwc_plan(N, C, HW, V, sm_count());
-  Scratch scratch(2 * pl.rows * C + 2 * N * C, s);  // part[2][rows][C], then the two (N, C) plane means
-  float* part = scratch.get();
+  // part[2][rows][C], then the two (N, C) plane means
+  StreamScratch scratch((2 * pl.rows * C + 2 * N * C) * sizeof(float), s, "instance_norm_act");
+  float* part = scratch.at<float>(0);
   float* mean_gp = part + 2 * pl.rows * C;
   float* mean_gp_xhat = mean_gp + N * C;
   launch("ina_grad_sums_nhwc", ina_grad_sums_nhwc<T, V>, block_grid(pl.blocks), s, dy, x, mean, rstd, part, C, HW,
