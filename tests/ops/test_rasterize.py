@@ -74,7 +74,13 @@ def test_interpenetrating_triangles_differ_from_reference_only_at_near_ties(back
     want_id, _, want_depth = reference(v.double(), triangles, h, w)  # the same (float32) vertices
     assert torch.equal(tri_id >= 0, want_id >= 0)
     differ = tri_id != want_id
-    assert differ.float().mean() < 0.05
+    # A triangle drawn twice (the same three vertices, ~20% of draws) ties exactly over its whole
+    # area, so either copy may win there. Elsewhere ties are lines: measured at most 0.07% of pixels
+    # over 3000 seeds.
+    key = triangles.sort(1).values
+    drawn_twice = (key[:, None] == key[None]).all(-1).sum(1) > 1
+    whole_area_tie = (want_id >= 0) & drawn_twice[want_id.clamp_min(0)]
+    assert (differ & ~whole_area_tie).float().mean() < 0.01
     _, got_depth = interpolate(v.double(), triangles, tri_id)  # the backend's winner, in float64
     assert ((got_depth - want_depth).abs() * differ).max() < 1e-5
 
