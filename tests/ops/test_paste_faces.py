@@ -50,9 +50,9 @@ def _assert_close_u8(got, want, max_frac=1e-3, min_allowed=2):
     """At most 1 grey level apart, on at most max_frac of the values but never fewer than min_allowed.
 
     A value differs only where the float64 reference lands on a rounding tie (measured: within
-    1e-5 grey levels of k + 0.5, where the fp32 kernels' error lies), about once in 10^4-10^5
-    values; so a small frame (one_pixel_frame_row has 87 values) must allow a couple of them
-    (1 in 10^4 draws differs there), which a fraction alone does not.
+    1e-5 grey levels of k + 0.5, where the fp32 kernels' error lies): at most 2 such values in
+    4,800 draws of each larger case, and one in about 1 draw in 10^4 of one_pixel_frame_row,
+    whose 87 values a fraction alone would allow none of.
     """
     diff = (got.int() - want.int()).abs()
     assert diff.max().item() <= 1, f"max difference {diff.max().item()}"
